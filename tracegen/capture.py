@@ -1,0 +1,254 @@
+"""One forward pass over the prompt, then greedy steps with the KV cache, recorded layer by
+layer through hooks (torch).
+
+The result covers positions 0..N-1: the prompt's tokens, then each generated token that was
+fed back in. The last generated token is predicted but never fed, so it has no position.
+"""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .models import Adapter
+
+RESIDUAL_NAMES = ("resid_in", "resid_out", "attn_out", "mlp_out")
+QKV_NAMES = ("q_norm", "k_norm", "v_norm")
+
+
+@dataclass
+class Capture:
+    """What one traced run produced, on the CPU in float32."""
+
+    input_ids: list[int]  # the N traced positions
+    generated_ids: list[int]
+    stop_reason: str
+    layers: list[dict[str, torch.Tensor]]  # resid_* [N, D], attn_probs [H, N, N], *_norm [heads, N]
+    final_logits: torch.Tensor  # [N, V], the model's own output
+    layer_seconds: list[float]  # median over timing passes, prompt pass
+    determinism_max_abs_diff: float
+    grad_enabled: bool
+    dropout_modules_training: int
+    eval_mode: bool
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Recorder:
+    """Hooks that copy each block's residual traffic and per-head q/k/v norms for one pass."""
+
+    def __init__(self, adapter: Adapter):
+        self.adapter = adapter
+        self.records: list[dict[str, torch.Tensor]] = []
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> Recorder:
+        for index, modules in enumerate(self.adapter.blocks):
+            self._hook_block(index, modules)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def start_pass(self) -> None:
+        self.records = [{} for _ in self.adapter.blocks]
+
+    def _keep(self, index: int, name: str, tensor: torch.Tensor) -> None:
+        self.records[index][name] = tensor.detach().to("cpu", torch.float32)
+
+    def _hook_block(self, index: int, modules) -> None:
+        def block_input(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self._keep(index, "resid_in", hidden[0])
+
+        def block_output(module, args, kwargs, output):
+            self._keep(index, "resid_out", _first(output)[0])
+
+        def writer(name: str) -> Callable:
+            return lambda module, args, output: self._keep(index, name, _first(output)[0])
+
+        def head_norms(name: str, to_heads: Callable) -> Callable:
+            # [T, heads, d_head] -> [heads, T]
+            return lambda module, args, output: self._keep(
+                index, name, to_heads(output).norm(dim=-1).transpose(0, 1)
+            )
+
+        block = modules.block
+        self.handles += [
+            block.register_forward_pre_hook(block_input, with_kwargs=True),
+            block.register_forward_hook(block_output, with_kwargs=True),
+            modules.attn_write.register_forward_hook(writer("attn_out")),
+            modules.mlp_write.register_forward_hook(writer("mlp_out")),
+        ]
+        for name, (module, to_heads) in modules.qkv.items():
+            self.handles.append(module.register_forward_hook(head_norms(name, to_heads)))
+
+
+class LayerTimer:
+    """Wall time of each block in one pass, from hooks on its entry and exit."""
+
+    def __init__(self, adapter: Adapter, synchronize: Callable[[], None]):
+        self.adapter = adapter
+        self.synchronize = synchronize
+        self.seconds = [0.0] * len(adapter.blocks)
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> LayerTimer:
+        for index, modules in enumerate(self.adapter.blocks):
+            self.handles.append(modules.block.register_forward_pre_hook(self._start(index)))
+            self.handles.append(modules.block.register_forward_hook(self._stop(index)))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _start(self, index: int) -> Callable:
+        def hook(module, args):
+            self.synchronize()
+            self.seconds[index] = -time.perf_counter()
+
+        return hook
+
+    def _stop(self, index: int) -> Callable:
+        def hook(module, args, output):
+            self.synchronize()
+            self.seconds[index] += time.perf_counter()
+
+        return hook
+
+
+def _cache_of(outputs):
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else outputs.past_key_values
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _is_line_end(token_text: str) -> bool:
+    return "\n" in token_text
+
+
+def capture(
+    model,
+    tokenizer,
+    adapter: Adapter,
+    prompt_ids: list[int],
+    *,
+    steps: int | None = None,
+    max_steps: int = 16,
+    timing_repeats: int = 3,
+    on_step: Callable[[int, str], None] | None = None,
+) -> Capture:
+    """Trace the prompt, then greedy steps.
+
+    steps=None continues until the generated text ends a line (or the model emits its end
+    token), at most `max_steps` tokens; an integer generates exactly that many.
+    """
+    device = next(model.parameters()).device
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    limit = steps if steps is not None else max_steps
+    ids = torch.tensor([prompt_ids], device=device)
+    passes: list[list[dict[str, torch.Tensor]]] = []
+    attentions: list[list[torch.Tensor]] = []
+    logits: list[torch.Tensor] = []
+    generated: list[int] = []
+    stop_reason = f"reached {limit} steps"
+    eos_ids = _eos_ids(tokenizer, model)
+    # transformers 5.x renamed `past_key_values` to `cache`; older releases know only the former.
+    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    with torch.inference_mode(), Recorder(adapter) as recorder:
+        grad_enabled = torch.is_grad_enabled()
+        recorder.start_pass()
+        outputs = model(ids, use_cache=True, output_attentions=True)
+        passes.append(recorder.records)
+        attentions.append([layer[0].to("cpu", torch.float32) for layer in outputs.attentions])
+        logits.append(outputs.logits[0].to("cpu", torch.float32))
+        cache = _cache_of(outputs)
+        while len(generated) < limit:
+            next_id = int(logits[-1][-1].argmax())
+            generated.append(next_id)
+            text = tokenizer.decode([next_id])
+            if on_step:
+                on_step(len(generated), text)
+            if steps is None and (next_id in eos_ids or _is_line_end(text)):
+                stop_reason = "end of line" if _is_line_end(text) else "end of text"
+                break
+            if len(generated) == limit:
+                break
+            recorder.start_pass()
+            step_ids = torch.tensor([[next_id]], device=device)
+            outputs = model(step_ids, **{cache_argument: cache}, use_cache=True, output_attentions=True)
+            passes.append(recorder.records)
+            attentions.append([layer[0].to("cpu", torch.float32) for layer in outputs.attentions])
+            logits.append(outputs.logits[0].to("cpu", torch.float32))
+            cache = _cache_of(outputs)
+
+    # Timing and determinism: the same prompt pass again, several times, with hooks that
+    # only read the clock. Its logits must match the recorded pass exactly.
+    with torch.inference_mode():
+        seconds_per_repeat: list[list[float]] = []
+        max_diff = 0.0
+        for _ in range(timing_repeats):
+            with LayerTimer(adapter, synchronize) as timer:
+                again = model(ids, use_cache=True, output_attentions=True)
+            seconds_per_repeat.append(timer.seconds)
+            diff = (again.logits[0].to("cpu", torch.float32) - logits[0]).abs().max()
+            max_diff = max(max_diff, float(diff))
+
+    n_positions = len(prompt_ids) + len(passes) - 1
+    layers = []
+    for index in range(len(adapter.blocks)):
+        layer = {
+            name: torch.cat([records[index][name] for records in passes], dim=0)
+            for name in RESIDUAL_NAMES
+        }
+        for name in QKV_NAMES:
+            layer[name] = torch.cat([records[index][name] for records in passes], dim=1)
+        layer["attn_probs"] = _full_attention([step[index] for step in attentions], n_positions)
+        layers.append(layer)
+    return Capture(
+        input_ids=list(prompt_ids) + generated[: len(passes) - 1],
+        generated_ids=generated,
+        stop_reason=stop_reason,
+        layers=layers,
+        final_logits=torch.cat(logits, dim=0),
+        layer_seconds=[statistics.median(column) for column in zip(*seconds_per_repeat)],
+        determinism_max_abs_diff=max_diff,
+        grad_enabled=grad_enabled,
+        dropout_modules_training=sum(
+            1 for module in model.modules() if "Dropout" in type(module).__name__ and module.training
+        ),
+        eval_mode=not model.training,
+    )
+
+
+def _full_attention(per_pass: list[torch.Tensor], n_positions: int) -> torch.Tensor:
+    """Rows of each pass ([H, rows, keys]) placed into one causal [H, N, N] matrix."""
+    heads = per_pass[0].shape[0]
+    full = torch.zeros(heads, n_positions, n_positions)
+    row = 0
+    for probs in per_pass:
+        rows, keys = probs.shape[1], probs.shape[2]
+        full[:, row : row + rows, :keys] = probs
+        row += rows
+    return full
+
+
+def _eos_ids(tokenizer, model) -> set[int]:
+    ids = {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
+    flat: set[int] = set()
+    for value in ids:
+        if isinstance(value, int):
+            flat.add(value)
+        elif isinstance(value, list):
+            flat.update(value)
+    return flat

