@@ -163,7 +163,9 @@ def capture(
     stop_reason = f"reached {limit} steps"
     eos_ids = _eos_ids(tokenizer, model)
     # transformers 5.x renamed `past_key_values` to `cache`; older releases know only the former.
-    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_argument = (
+        "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    )
 
     with torch.inference_mode(), Recorder(adapter) as recorder:
         grad_enabled = torch.is_grad_enabled()
@@ -186,7 +188,9 @@ def capture(
                 break
             recorder.start_pass()
             step_ids = torch.tensor([[next_id]], device=device)
-            outputs = model(step_ids, **{cache_argument: cache}, use_cache=True, output_attentions=True)
+            outputs = model(
+                step_ids, **{cache_argument: cache}, use_cache=True, output_attentions=True
+            )
             passes.append(recorder.records)
             attentions.append([layer[0].to("cpu", torch.float32) for layer in outputs.attentions])
             logits.append(outputs.logits[0].to("cpu", torch.float32))
@@ -221,11 +225,13 @@ def capture(
         stop_reason=stop_reason,
         layers=layers,
         final_logits=torch.cat(logits, dim=0),
-        layer_seconds=[statistics.median(column) for column in zip(*seconds_per_repeat)],
+        layer_seconds=[statistics.median(times) for times in zip(*seconds_per_repeat, strict=True)],
         determinism_max_abs_diff=max_diff,
         grad_enabled=grad_enabled,
         dropout_modules_training=sum(
-            1 for module in model.modules() if "Dropout" in type(module).__name__ and module.training
+            1
+            for module in model.modules()
+            if "Dropout" in type(module).__name__ and module.training
         ),
         eval_mode=not model.training,
     )

@@ -81,8 +81,8 @@ def info_text(path: Path, top: int = 5) -> str:
 def _vocabulary(trace) -> dict[int, str]:
     """Decoded strings of the token ids the trace mentions (its own tokens and watched list)."""
     manifest = trace.manifest
-    vocab = dict(zip(trace.token_ids, trace.token_strings))
-    vocab.update(zip(trace.generated_ids, trace.generated_strings))
+    vocab = dict(zip(trace.token_ids, trace.token_strings, strict=True))
+    vocab.update(zip(trace.generated_ids, trace.generated_strings, strict=True))
     vocab.update({w["id"]: w["text"] for w in manifest["derived"]["watched"]})
     vocab.update({int(k): v for k, v in manifest.get("vocabulary", {}).items()})
     return vocab

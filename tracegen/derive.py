@@ -78,7 +78,9 @@ def attribution_components(n_layers: int, adapter: Adapter) -> list[str]:
 
 
 @torch.inference_mode()
-def direct_logit_attribution(adapter: Adapter, capture: Capture) -> tuple[torch.Tensor, torch.Tensor]:
+def direct_logit_attribution(
+    adapter: Adapter, capture: Capture
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split each position's top logit into what each component wrote to the residual stream.
 
     The final norm is linear once its scale (1/RMS, or 1/std for LayerNorm) is frozen at the
@@ -139,7 +141,9 @@ def flops_per_layer(config, n_tokens: int, gated_mlp: bool) -> list[list[float]]
     attn_proj = 2 * t * d_model * d_head * (2 * heads + 2 * kv_heads)
     attn_scores = 2 * 2 * heads * t * t * d_head
     mlp = 2 * t * d_model * d_mlp * (3 if gated_mlp else 2)
-    return [[float(attn_proj), float(attn_scores), float(mlp)] for _ in range(text.num_hidden_layers)]
+    return [
+        [float(attn_proj), float(attn_scores), float(mlp)] for _ in range(text.num_hidden_layers)
+    ]
 
 
 def mlp_width(text_config) -> int:

@@ -73,17 +73,23 @@ def resolve(spec: str | None) -> ResolvedModel:
             )
         folder = Path(list(found.submodule_search_locations)[0])
         if not (folder / DEFAULT_GGUF).is_file():
-            raise ModelError(f"{DEFAULT_PACKAGE} is installed but has no {DEFAULT_GGUF} in {folder}")
+            raise ModelError(
+                f"{DEFAULT_PACKAGE} is installed but has no {DEFAULT_GGUF} in {folder}"
+            )
         return ResolvedModel(spec, "bundled", str(folder), DEFAULT_GGUF, DEFAULT_SLUG)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ModelError(f"{spec} is a file but not a .gguf; give a GGUF file, a folder or a hub id")
+            raise ModelError(
+                f"{spec} is a file but not a .gguf; give a GGUF file, a folder or a hub id"
+            )
         slug = slugify(path.stem.split(".")[0])
         return ResolvedModel(spec, "gguf", str(path.parent.resolve()), path.name, slug)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"{spec} is a folder without config.json; it is not a transformers model")
+            raise ModelError(
+                f"{spec} is a folder without config.json; it is not a transformers model"
+            )
         return ResolvedModel(spec, "folder", str(path.resolve()), None, slugify(path.name))
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         return ResolvedModel(spec, "hub", spec, None, slugify(spec.split("/")[-1]))
@@ -153,7 +159,9 @@ def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
 
-def _heads(d_head: int, head_norm: nn.Module | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def _heads(
+    d_head: int, head_norm: nn.Module | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A projection's output [1, T, heads * d_head] -> [T, heads, d_head].
 
     Where a model normalises each head's query or key (Gemma 3, Qwen 3), the normalised vector
@@ -171,12 +179,23 @@ def _heads(d_head: int, head_norm: nn.Module | None = None) -> Callable[[torch.T
 # Where each family keeps its parts. The first entry whose modules all exist is used.
 LLAMA_LIKE = ("model.layers", "model.norm", "lm_head", "model.embed_tokens")
 GPT2 = ("transformer.h", "transformer.ln_f", "lm_head", "transformer.wte")
-GPT_NEOX = ("gpt_neox.layers", "gpt_neox.final_layer_norm", "embed_out", "gpt_neox.embed_in")
-LOOKED_FOR = "model.layers[*].self_attn.{q,k,v}_proj (Llama, Mistral, Qwen, Gemma), " \
+# transformers 5 renamed GPT-NeoX's `embed_out` to `lm_head`; "a|b" takes whichever exists.
+GPT_NEOX = (
+    "gpt_neox.layers",
+    "gpt_neox.final_layer_norm",
+    "lm_head|embed_out",
+    "gpt_neox.embed_in",
+)
+LOOKED_FOR = (
+    "model.layers[*].self_attn.{q,k,v}_proj (Llama, Mistral, Qwen, Gemma), "
     "transformer.h[*].attn.c_attn (GPT-2), gpt_neox.layers[*].attention.query_key_value (GPT-NeoX)"
+)
 
 
 def _get(root: nn.Module, dotted: str) -> nn.Module | None:
+    if "|" in dotted:
+        found = (_get(root, option) for option in dotted.split("|"))
+        return next((module for module in found if module is not None), None)
     module = root
     for part in dotted.split("."):
         module = getattr(module, part, None)
@@ -210,9 +229,7 @@ def adapt(model: nn.Module) -> Adapter:
             blocks = [_neox_block(block, d_head) for block in layers]
             parallel = bool(getattr(text_config, "use_parallel_residual", False))
             return Adapter("gpt_neox", embed, blocks, norm, unembed, False, parallel, softcap)
-    raise ModelError(
-        f"cannot trace architecture {type(model).__name__}: looked for {LOOKED_FOR}"
-    )
+    raise ModelError(f"cannot trace architecture {type(model).__name__}: looked for {LOOKED_FOR}")
 
 
 def _llama_block(block: nn.Module, d_head: int) -> BlockModules:

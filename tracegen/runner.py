@@ -35,7 +35,9 @@ def read_prompt(path: Path) -> str:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
-        raise RunError(f"prompt file {path} is not UTF-8 (byte {error.start}); save it as UTF-8")
+        raise RunError(
+            f"prompt file {path} is not UTF-8 (byte {error.start}); save it as UTF-8"
+        ) from None
     if not text.strip():
         raise RunError(f"prompt file {path} is empty")
     return text
@@ -63,11 +65,19 @@ class Stages:
 
 def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for package in ("tracegen", "torch", "transformers", "tokenizers", "numpy", "safetensors", "gguf"):
+    for package in (
+        "tracegen",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "numpy",
+        "safetensors",
+        "gguf",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
-            pass
+            continue  # optional libraries such as gguf are absent for some models
     return versions
 
 
@@ -131,7 +141,9 @@ def run(
             raise RunError(f"watched token {text!r} encodes to nothing with this tokenizer")
         watched_ids.append({"text": text, "id": ids[0], "n_subtokens": len(ids)})
 
-    with stages.stage("forward", f"{len(prompt_ids)} prompt tokens through {len(adapter.blocks)} layers"):
+    with stages.stage(
+        "forward", f"{len(prompt_ids)} prompt tokens through {len(adapter.blocks)} layers"
+    ):
         bar = tqdm(total=steps or 16, desc="greedy steps", disable=quiet, leave=False)
         shown: list[str] = []
 
@@ -140,9 +152,13 @@ def run(
             bar.update(1)
             bar.set_postfix_str(repr("".join(shown)))
 
-        traced = capture_mod.capture(model, tokenizer, adapter, prompt_ids, steps=steps, on_step=on_step)
+        traced = capture_mod.capture(
+            model, tokenizer, adapter, prompt_ids, steps=steps, on_step=on_step
+        )
         bar.close()
-    stages.say(f"[steps] {len(traced.generated_ids)} generated: {tokenizer.decode(traced.generated_ids)!r}")
+    stages.say(
+        f"[steps] {len(traced.generated_ids)} generated: {tokenizer.decode(traced.generated_ids)!r}"
+    )
 
     with stages.stage("derive", "logit lens, watched tokens, attribution, FLOPs"):
         # Derived quantities in float32, whatever dtype the pass ran in. (transformers refuses
@@ -170,7 +186,9 @@ def run(
         "libraries": _versions(),
         "model": {
             "spec": resolved.spec,
-            "source": resolved.source if resolved.kind == "hub" else str(Path(resolved.source).name),
+            "source": resolved.source
+            if resolved.kind == "hub"
+            else str(Path(resolved.source).name),
             "source_kind": resolved.kind,
             "gguf_file": resolved.gguf_file,
             "slug": resolved.slug,
@@ -180,9 +198,11 @@ def run(
             "family": adapter.family,
             "n_layers": len(adapter.blocks),
             "n_heads": config.num_attention_heads,
-            "n_kv_heads": getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            "n_kv_heads": getattr(config, "num_key_value_heads", None)
+            or config.num_attention_heads,
             "d_model": config.hidden_size,
-            "d_head": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+            "d_head": getattr(config, "head_dim", None)
+            or config.hidden_size // config.num_attention_heads,
             "d_mlp": derive.mlp_width(config),
             "vocab_size": config.vocab_size,
             "n_params": n_params,
@@ -248,8 +268,14 @@ def run(
 
     with stages.stage("save", str(out_dir)):
         bar = tqdm(total=len(layers), desc="layer files", disable=quiet, leave=False)
-        store.write_trace(out_dir, manifest, layers, derived, force=force,
-                          progress=lambda done, total: bar.update(1))
+        store.write_trace(
+            out_dir,
+            manifest,
+            layers,
+            derived,
+            force=force,
+            progress=lambda done, total: bar.update(1),
+        )
         bar.close()
     size = sum(path.stat().st_size for path in out_dir.iterdir())
     stages.say(f"wrote {out_dir} ({size / 1e6:.1f} MB)")

@@ -216,7 +216,9 @@ class Trace:
 
     def derived(self, name: str) -> np.ndarray:
         if name not in DERIVED_TENSORS:
-            raise TraceError(f"unknown derived tensor {name!r}; known: {', '.join(DERIVED_TENSORS)}")
+            raise TraceError(
+                f"unknown derived tensor {name!r}; known: {', '.join(DERIVED_TENSORS)}"
+            )
         return self._derived[name]
 
     @cached_property

