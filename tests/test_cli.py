@@ -225,3 +225,79 @@ def test_trace_files_are_byte_reproducible(tiny_model_dir, tmp_path):
     for name in [store.layer_file(0), store.layer_file(2)]:
         assert (first / name).read_bytes() == (second / name).read_bytes()
     assert importlib.util.find_spec("tracegen.store") is not None
+
+
+def test_hub_id_loads_from_the_hub_cache(tiny_model_dir, tmp_path):
+    """A hub id goes through huggingface_hub exactly as for a user; here the 'hub' is a local
+    cache in the hub's own layout, read offline."""
+    commit = "0" * 40
+    repo_cache = tmp_path / "hub" / "models--tiny-org--tiny-llama"
+    shutil.copytree(tiny_model_dir("llama"), repo_cache / "snapshots" / commit)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+    out = tmp_path / "trace"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracegen.cli",
+            "run",
+            "--model",
+            "tiny-org/tiny-llama",
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    model = load_trace(out).manifest["model"]
+    assert (model["source_kind"], model["source"], model["slug"]) == (
+        "hub",
+        "tiny-org/tiny-llama",
+        "tiny-llama",
+    )
+    assert [f["name"] for f in model["files"]] == ["model.safetensors"]
+
+
+def test_bfloat16_run(tiny_model_dir, tmp_path):
+    from tracegen.runner import run
+
+    trace = load_trace(
+        run(
+            str(tiny_model_dir("llama")),
+            out=tmp_path / "bf16",
+            steps=1,
+            dtype="bfloat16",
+            quiet=True,
+        )
+    )
+    card = trace.model
+    assert card.dtype == "bfloat16"
+    bytes_per_token = 2 * card.n_layers * card.n_kv_heads * card.d_head * 2
+    assert trace.manifest["derived"]["kv_cache_bytes_per_token"] == bytes_per_token
+
+
+def test_resolve_specs(tmp_path):
+    from tracegen.models import ModelError, resolve
+
+    gguf = tmp_path / "SmolLM2-360M-Instruct.Q8_0.gguf"
+    gguf.write_bytes(b"GGUF")
+    resolved = resolve(str(gguf))
+    assert (resolved.kind, resolved.gguf_file, resolved.slug) == (
+        "gguf",
+        gguf.name,
+        "smollm2-360m-instruct",
+    )
+    assert resolve("HuggingFaceTB/SmolLM2-135M-Instruct").slug == "smollm2-135m-instruct"
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ModelError, match="not a .gguf"):
+        resolve(str(tmp_path / "weights.bin"))
+    with pytest.raises(ModelError, match="without config.json"):
+        resolve(str(tmp_path))
