@@ -136,105 +136,118 @@ def _is_line_end(token_text: str) -> bool:
     return "\n" in token_text
 
 
-def capture(
-    model,
-    tokenizer,
-    adapter: Adapter,
-    prompt_ids: list[int],
-    *,
-    steps: int | None = None,
-    max_steps: int = 16,
-    timing_repeats: int = 3,
-    on_step: Callable[[int, str], None] | None = None,
-) -> Capture:
-    """Trace the prompt, then greedy steps.
+class Tracer:
+    """Runs the traced passes in order, each a stage of its own:
 
-    steps=None continues until the generated text ends a line (or the model emits its end
-    token), at most `max_steps` tokens; an integer generates exactly that many.
+    tracer = Tracer(model, tokenizer, adapter, prompt_ids)
+    tracer.prompt_pass()          # the forward pass over the prompt, recorded
+    tracer.greedy_steps(steps)    # generated tokens fed back through the KV cache, recorded
+    tracer.time_prompt_pass()     # the prompt pass again: per-block time, determinism
+    capture = tracer.result()
     """
-    device = next(model.parameters()).device
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    limit = steps if steps is not None else max_steps
-    ids = torch.tensor([prompt_ids], device=device)
-    passes: list[list[dict[str, torch.Tensor]]] = []
-    attentions: list[list[torch.Tensor]] = []
-    logits: list[torch.Tensor] = []
-    generated: list[int] = []
-    stop_reason = f"reached {limit} steps"
-    eos_ids = _eos_ids(tokenizer, model)
-    # transformers 5.x renamed `past_key_values` to `cache`; older releases know only the former.
-    cache_argument = (
-        "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    )
 
-    with torch.inference_mode(), Recorder(adapter) as recorder:
-        grad_enabled = torch.is_grad_enabled()
-        recorder.start_pass()
-        outputs = model(ids, use_cache=True, output_attentions=True)
-        passes.append(recorder.records)
-        attentions.append([layer[0].to("cpu", torch.float32) for layer in outputs.attentions])
-        logits.append(outputs.logits[0].to("cpu", torch.float32))
-        cache = _cache_of(outputs)
-        while len(generated) < limit:
-            next_id = int(logits[-1][-1].argmax())
-            generated.append(next_id)
-            text = tokenizer.decode([next_id])
-            if on_step:
-                on_step(len(generated), text)
-            if steps is None and (next_id in eos_ids or _is_line_end(text)):
-                stop_reason = "end of line" if _is_line_end(text) else "end of text"
-                break
-            if len(generated) == limit:
-                break
+    def __init__(self, model, tokenizer, adapter: Adapter, prompt_ids: list[int]):
+        self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
+        self.prompt_ids = list(prompt_ids)
+        self.device = next(model.parameters()).device
+        self.records: list[list[dict[str, torch.Tensor]]] = []  # per pass, per block
+        self.attentions: list[list[torch.Tensor]] = []  # per pass, per block: [H, rows, keys]
+        self.logits: list[torch.Tensor] = []  # per pass: [rows, V]
+        self.generated: list[int] = []
+        self.stop_reason = ""
+        self.cache = None
+        self.grad_enabled = True
+        self.layer_seconds: list[float] = []
+        self.max_diff = float("nan")
+
+    def _recorded_pass(self, input_ids: list[int], **kwargs) -> None:
+        ids = torch.tensor([input_ids], device=self.device)
+        with torch.inference_mode(), Recorder(self.adapter) as recorder:
+            self.grad_enabled = torch.is_grad_enabled()
             recorder.start_pass()
-            step_ids = torch.tensor([[next_id]], device=device)
-            outputs = model(
-                step_ids, **{cache_argument: cache}, use_cache=True, output_attentions=True
-            )
-            passes.append(recorder.records)
-            attentions.append([layer[0].to("cpu", torch.float32) for layer in outputs.attentions])
-            logits.append(outputs.logits[0].to("cpu", torch.float32))
-            cache = _cache_of(outputs)
+            outputs = self.model(ids, use_cache=True, output_attentions=True, **kwargs)
+        self.records.append(recorder.records)
+        self.attentions.append([probs[0].to("cpu", torch.float32) for probs in outputs.attentions])
+        self.logits.append(outputs.logits[0].to("cpu", torch.float32))
+        self.cache = _cache_of(outputs)
 
-    # Timing and determinism: the same prompt pass again, several times, with hooks that
-    # only read the clock. Its logits must match the recorded pass exactly.
-    with torch.inference_mode():
+    def prompt_pass(self) -> None:
+        self._recorded_pass(self.prompt_ids)
+
+    def greedy_steps(
+        self,
+        steps: int | None = None,
+        max_steps: int = 16,
+        on_step: Callable[[int, str], None] | None = None,
+    ) -> None:
+        """steps=None continues until the generated text ends a line (or the model emits its
+        end token), at most `max_steps` tokens; an integer generates exactly that many."""
+        limit = steps if steps is not None else max_steps
+        eos_ids = _eos_ids(self.tokenizer, self.model)
+        # transformers 5 renamed `past_key_values` to `cache`; older releases know the former.
+        parameters = inspect.signature(self.model.forward).parameters
+        cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self.stop_reason = f"reached {limit} steps"
+        while True:
+            next_id = int(self.logits[-1][-1].argmax())
+            self.generated.append(next_id)
+            text = self.tokenizer.decode([next_id])
+            if on_step:
+                on_step(len(self.generated), text)
+            if steps is None and (next_id in eos_ids or _is_line_end(text)):
+                self.stop_reason = "end of line" if _is_line_end(text) else "end of text"
+                break
+            if len(self.generated) == limit:
+                break
+            # The last generated token is never fed: its pass would predict past the end.
+            self._recorded_pass([next_id], **{cache_argument: self.cache})
+
+    def time_prompt_pass(self, repeats: int = 3) -> None:
+        """The prompt pass again, with hooks that only read the clock. Its logits must match
+        the recorded pass exactly; the largest difference is the determinism check."""
+        synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        ids = torch.tensor([self.prompt_ids], device=self.device)
         seconds_per_repeat: list[list[float]] = []
-        max_diff = 0.0
-        for _ in range(timing_repeats):
-            with LayerTimer(adapter, synchronize) as timer:
-                again = model(ids, use_cache=True, output_attentions=True)
-            seconds_per_repeat.append(timer.seconds)
-            diff = (again.logits[0].to("cpu", torch.float32) - logits[0]).abs().max()
-            max_diff = max(max_diff, float(diff))
+        self.max_diff = 0.0
+        with torch.inference_mode():
+            for _ in range(repeats):
+                with LayerTimer(self.adapter, synchronize) as timer:
+                    again = self.model(ids, use_cache=True, output_attentions=True)
+                seconds_per_repeat.append(timer.seconds)
+                diff = (again.logits[0].to("cpu", torch.float32) - self.logits[0]).abs().max()
+                self.max_diff = max(self.max_diff, float(diff))
+        self.layer_seconds = [
+            statistics.median(times) for times in zip(*seconds_per_repeat, strict=True)
+        ]
 
-    n_positions = len(prompt_ids) + len(passes) - 1
-    layers = []
-    for index in range(len(adapter.blocks)):
-        layer = {
-            name: torch.cat([records[index][name] for records in passes], dim=0)
-            for name in RESIDUAL_NAMES
-        }
-        for name in QKV_NAMES:
-            layer[name] = torch.cat([records[index][name] for records in passes], dim=1)
-        layer["attn_probs"] = _full_attention([step[index] for step in attentions], n_positions)
-        layers.append(layer)
-    return Capture(
-        input_ids=list(prompt_ids) + generated[: len(passes) - 1],
-        generated_ids=generated,
-        stop_reason=stop_reason,
-        layers=layers,
-        final_logits=torch.cat(logits, dim=0),
-        layer_seconds=[statistics.median(times) for times in zip(*seconds_per_repeat, strict=True)],
-        determinism_max_abs_diff=max_diff,
-        grad_enabled=grad_enabled,
-        dropout_modules_training=sum(
+    def result(self) -> Capture:
+        n_positions = len(self.prompt_ids) + len(self.records) - 1
+        layers = []
+        for index in range(len(self.adapter.blocks)):
+            per_pass = [records[index] for records in self.records]
+            layer = {name: torch.cat([r[name] for r in per_pass], dim=0) for name in RESIDUAL_NAMES}
+            for name in QKV_NAMES:
+                layer[name] = torch.cat([r[name] for r in per_pass], dim=1)
+            attention = [step[index] for step in self.attentions]
+            layer["attn_probs"] = _full_attention(attention, n_positions)
+            layers.append(layer)
+        dropout_training = sum(
             1
-            for module in model.modules()
+            for module in self.model.modules()
             if "Dropout" in type(module).__name__ and module.training
-        ),
-        eval_mode=not model.training,
-    )
+        )
+        return Capture(
+            input_ids=self.prompt_ids + self.generated[: len(self.records) - 1],
+            generated_ids=self.generated,
+            stop_reason=self.stop_reason,
+            layers=layers,
+            final_logits=torch.cat(self.logits, dim=0),
+            layer_seconds=self.layer_seconds,
+            determinism_max_abs_diff=self.max_diff,
+            grad_enabled=self.grad_enabled,
+            dropout_modules_training=dropout_training,
+            eval_mode=not self.model.training,
+        )
 
 
 def _full_attention(per_pass: list[torch.Tensor], n_positions: int) -> torch.Tensor:

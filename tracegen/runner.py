@@ -99,8 +99,7 @@ def run(
     import torch
     from tqdm import tqdm
 
-    from . import capture as capture_mod
-    from . import derive, models
+    from . import capture, derive, models
 
     stages = Stages(quiet)
     prompt_path = Path(prompt_file) if prompt_file else BUNDLED_PROMPT
@@ -141,9 +140,12 @@ def run(
             raise RunError(f"watched token {text!r} encodes to nothing with this tokenizer")
         watched_ids.append({"text": text, "id": ids[0], "n_subtokens": len(ids)})
 
-    with stages.stage(
-        "forward", f"{len(prompt_ids)} prompt tokens through {len(adapter.blocks)} layers"
-    ):
+    tracer = capture.Tracer(model, tokenizer, adapter, prompt_ids)
+    layers_text = f"{len(prompt_ids)} prompt tokens through {len(adapter.blocks)} layers"
+    with stages.stage("forward", layers_text):
+        tracer.prompt_pass()
+
+    with stages.stage("steps", "greedy, with the KV cache"):
         bar = tqdm(total=steps or 16, desc="greedy steps", disable=quiet, leave=False)
         shown: list[str] = []
 
@@ -152,13 +154,13 @@ def run(
             bar.update(1)
             bar.set_postfix_str(repr("".join(shown)))
 
-        traced = capture_mod.capture(
-            model, tokenizer, adapter, prompt_ids, steps=steps, on_step=on_step
-        )
+        tracer.greedy_steps(steps, on_step=on_step)
         bar.close()
-    stages.say(
-        f"[steps] {len(traced.generated_ids)} generated: {tokenizer.decode(traced.generated_ids)!r}"
-    )
+        stages.say(f"[steps] {len(shown)} generated: {''.join(shown)!r} ({tracer.stop_reason})")
+
+    with stages.stage("timing", "the prompt pass again, three times, clock only"):
+        tracer.time_prompt_pass()
+    traced = tracer.result()
 
     with stages.stage("derive", "logit lens, watched tokens, attribution, FLOPs"):
         # Derived quantities in float32, whatever dtype the pass ran in. (transformers refuses
