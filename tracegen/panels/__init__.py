@@ -60,7 +60,16 @@ def build_panels(trace: Trace) -> list[Panel]:
     )
 
     builders = (
-        model_card, residual, flops, attention, heads, candidates,
-        lens, attribution, continuation, determinism, entropy,
-    )  # fmt: skip
+        model_card,
+        residual,
+        flops,
+        attention,
+        heads,
+        candidates,
+        lens,
+        attribution,
+        continuation,
+        determinism,
+        entropy,
+    )
     return [module.build(trace) for module in builders]

@@ -1,0 +1,450 @@
+"""The panels: every paragraph's charts are valid, render, carry tooltips, stay in budget,
+and every caption number comes from the trace it was built from.
+
+Most tests run on a synthetic trace that is internally consistent (the lens, ranks, KL,
+watched probabilities and attribution are computed from one set of logits, and attention
+heads are planted with known patterns), so the panels' measurements can be checked against
+what was planted. The byte budget runs on the committed trace of the real model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tracegen.store import Trace, load_trace, pack_tril, write_trace
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_TRACE = REPO / "traces" / "smollm2-135m-instruct"
+PANEL_KEYS = ["intro", *(f"p{i}" for i in range(1, 11))]
+WATCHED = [" two", " four", " one", " three", " no", " zero", " none"]
+
+
+# --- a synthetic, internally consistent trace --------------------------------------------------
+
+
+def _tokenize(text: str) -> list[str]:
+    tokens = re.findall(r" ?[A-Za-z]+| ?\d+|\n| ?[^\sA-Za-z\d]", text)
+    assert "".join(tokens) == text
+    return tokens
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(-1, keepdims=True)
+
+
+def write_synthetic_trace(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    n_layers: int = 6,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    d_model: int = 32,
+    top_k: int = 5,
+    answer: str = " two",
+) -> Trace:
+    """A trace whose derived tensors follow from one set of logits.
+
+    Heads 0..3 of each layer are planted as: a first-token sink, a previous-token head, an
+    induction head, and a head on the end of the prompt. The continuation is
+    " foot has <answer> eyes." and the lens settles on the final answer at about 60% depth.
+    """
+    rng = np.random.default_rng(seed)
+    prompt = (REPO / "tracegen" / "prompt.txt").read_text(encoding="utf-8")
+    strings = _tokenize(prompt)
+    generated = [" foot", " has", answer, " eyes", "."]
+    vocab = sorted(set(strings) | set(generated) | set(WATCHED) | {" the", " a", "!"})
+    token_id = {text: index for index, text in enumerate(vocab)}
+    n_prompt = len(strings)
+    n = n_prompt + len(generated) - 1
+    positions = strings + generated[:-1]
+    ids = [token_id[t] for t in positions]
+    v = len(vocab)
+    n_depth = n_layers + 1
+
+    # Final logits: each position predicts the next token (the continuation after the prompt).
+    targets = ids[1:n_prompt] + [token_id[t] for t in generated]
+    final = rng.normal(0, 1, (n, v))
+    final[np.arange(n), targets] += rng.uniform(4, 7, n)
+    # Early depths depend only on the current token (a bigram table); later ones mix in the
+    # final logits, which take over at about 60% of the depth.
+    bigram = rng.normal(0, 2, (v, v))
+    logits = np.empty((n_depth, n, v))
+    for depth in range(n_depth):
+        mix = np.clip((depth / n_layers - 0.3) / 0.3, 0, 1)
+        logits[depth] = (1 - mix) * bigram[ids] + mix * final
+    logits[-1] = final
+    logprobs = np.log(_softmax(logits))
+    probs = np.exp(logprobs)
+    top_ids = np.argsort(-probs, axis=-1)[..., :top_k]
+    target = np.asarray(targets)
+    target_logprob = np.take_along_axis(logprobs, target[None, :, None].repeat(n_depth, 0), -1)[
+        ..., 0
+    ]
+    final_logprobs = logprobs[-1]
+    watched_ids = [token_id[t] for t in WATCHED]
+    derived = {
+        "lens_topk_ids": top_ids.astype(np.int32),
+        "lens_topk_probs": np.take_along_axis(probs, top_ids, -1),
+        "lens_entropy": -(probs * logprobs).sum(-1),
+        "lens_target_rank": (logprobs > target_logprob[..., None]).sum(-1).astype(np.int32),
+        "lens_target_prob": np.exp(target_logprob),
+        "lens_kl": np.clip((probs[-1] * (final_logprobs - logprobs)).sum(-1), 0, None),
+        "watched_probs": probs[..., watched_ids],
+    }
+    components = ["embed", *[f"{k} {i}" for i in range(n_layers) for k in ("attn", "mlp")]]
+    final_logit = final[np.arange(n), target] * 3
+    parts = rng.normal(0, 1, (n, len(components)))
+    parts[:, -4:] += 3  # the last two layers write most of the answer
+    parts *= (final_logit / parts.sum(-1))[:, None]
+    derived["attribution"] = parts
+    derived["final_logit"] = final_logit
+    d_head = d_model // n_heads
+    per_layer = [
+        2 * n_prompt * d_model * d_head * (2 * n_heads + 2 * n_kv_heads),
+        4 * n_heads * n_prompt**2 * d_head,
+        6 * n_prompt * d_model * 4 * d_model,
+    ]
+    derived["flops"] = np.array([per_layer] * n_layers, dtype=np.float64)
+    derived["layer_seconds"] = rng.uniform(1e-4, 3e-4, n_layers)
+
+    layers = []
+    resid = rng.normal(0, 1, (n, d_model))
+    for layer in range(n_layers):
+        scores = rng.normal(0, 1, (n_heads, n, n))
+        scores[0, :, 0] += 6  # sink on the first token
+        if n_heads >= 4:
+            rows = np.arange(1, n)
+            scores[1, rows, rows - 1] += 6  # previous token
+            for q in range(n):  # induction: the token after an earlier copy of the current one
+                for j in range(q - 1):
+                    if ids[j] == ids[q]:
+                        scores[2, q, j + 1] += 5
+            scores[3, :, n_prompt - 30 :] += 3  # the end of the prompt
+        scores = np.where(np.tril(np.ones((n, n), bool)), scores, -np.inf)
+        attn = _softmax(scores)
+        attn_out = rng.normal(0, 0.5, (n, d_model))
+        mlp_out = rng.normal(0, 0.5 + layer, (n, d_model))
+        out = resid + attn_out + mlp_out
+        layers.append(
+            {
+                "resid_in": resid,
+                "resid_out": out,
+                "attn_out": attn_out,
+                "mlp_out": mlp_out,
+                "attn_probs_tril": pack_tril(attn),
+                "q_norm": np.abs(rng.normal(3, 1, (n_heads, n))),
+                "k_norm": np.abs(rng.normal(5, 1, (n_kv_heads, n))),
+                "v_norm": np.abs(rng.normal(1, 0.3, (n_kv_heads, n))),
+            }
+        )
+        resid = out
+
+    n_params = 2 * v * d_model + n_layers * 12 * d_model**2
+    manifest: dict[str, Any] = {
+        "model": {
+            "spec": f"synthetic:{seed}",
+            "source": "tests/test_panels.py",
+            "slug": f"synthetic-{seed}",
+            "architecture": "LlamaForCausalLM",
+            "model_type": "llama",
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "n_kv_heads": n_kv_heads,
+            "d_model": d_model,
+            "d_head": d_head,
+            "d_mlp": 4 * d_model,
+            "vocab_size": v,
+            "n_params": n_params,
+            "dtype": "float32",
+            "max_context": 2048,
+        },
+        "tokens": {
+            "ids": ids,
+            "strings": positions,
+            "n_prompt": n_prompt,
+            "generated_ids": [token_id[t] for t in generated],
+            "generated_strings": generated,
+            "stop_reason": "reached 5 steps",
+        },
+        "n_positions": n,
+        "derived": {
+            "top_k": top_k,
+            "watched": [{"text": t, "id": token_id[t]} for t in WATCHED],
+            "attribution_components": components,
+            "flops_components": ["attn_proj", "attn_scores", "mlp"],
+            "flops_unembedding": float(2 * n_prompt * d_model * v),
+            "flops_total": float(derived["flops"].sum() + 2 * n_prompt * d_model * v),
+            "kv_cache_bytes_per_token": 2 * n_layers * n_kv_heads * d_head * 4,
+            "determinism_max_abs_logit_diff": 0.0,
+            "eval_mode": True,
+            "params_requiring_grad": 0,
+            "grad_enabled": False,
+            "dropout_modules_training": 0,
+        },
+        "prompt": {"text": prompt},
+        "vocabulary": {str(i): t for i, t in enumerate(vocab)},
+    }
+    write_trace(out_dir, manifest, layers, derived, force=True)
+    return load_trace(out_dir)
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Trace:
+    return write_synthetic_trace(tmp_path_factory.mktemp("syn") / "a", seed=0, answer=" two")
+
+
+@pytest.fixture(scope="module")
+def synthetic_other(tmp_path_factory) -> Trace:
+    """Another model shape, another seed, and the correct answer instead of the bet."""
+    return write_synthetic_trace(
+        tmp_path_factory.mktemp("syn") / "b",
+        seed=1,
+        answer=" no",
+        n_layers=3,
+        n_heads=5,
+        n_kv_heads=1,
+        top_k=8,
+    )
+
+
+@pytest.fixture(scope="module")
+def panels(synthetic):
+    from tracegen.panels import build_panels
+
+    return {panel.key: panel for panel in build_panels(synthetic)}
+
+
+def marks(node: Any):
+    """Every unit view (a dict with a "mark") anywhere in a spec."""
+    if isinstance(node, dict):
+        if "mark" in node:
+            yield node
+        for value in node.values():
+            yield from marks(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from marks(value)
+
+
+def check_specs(panel_list) -> None:
+    """Valid Vega-Lite, JSON without NaN, a tooltip on every mark, no theme colours."""
+    import altair.vegalite.v6.schema as vl_schema
+    from altair.utils.schemapi import validate_jsonschema
+
+    schema = vl_schema.load_schema()
+    for panel in panel_list:
+        assert panel.charts, panel.key
+        for chart in panel.charts:
+            json.dumps(chart.spec, allow_nan=False)
+            validate_jsonschema(chart.spec, schema)
+            assert chart.alt and chart.alt.strip().endswith("."), (panel.key, chart.alt)
+            for view in marks(chart.spec):
+                mark = view["mark"] if isinstance(view["mark"], dict) else {}
+                assert "tooltip" in view.get("encoding", {}) or mark.get("tooltip"), (
+                    panel.key,
+                    view["mark"],
+                )
+            config = chart.spec.get("config", {})
+            assert set(config) <= {"view"}, (panel.key, config)  # colours are the site's
+            assert "background" not in chart.spec
+
+
+# --- structure ----------------------------------------------------------------------------------
+
+
+def test_keys_in_story_order(synthetic):
+    from tracegen.panels import build_panels
+
+    panels = build_panels(synthetic)
+    assert [p.key for p in panels] == PANEL_KEYS
+    assert all(p.verdict in {"borne out", "not borne out", "mixed", "context"} for p in panels)
+    assert all(p.question.endswith("?") for p in panels)
+
+
+def test_specs_are_valid_with_tooltips(panels, synthetic_other):
+    from tracegen.panels import build_panels
+
+    check_specs(panels.values())
+    check_specs(build_panels(synthetic_other))
+
+
+def test_dense_charts_ask_for_canvas(panels):
+    for key in ("p3", "p4", "p6", "p9", "p10"):
+        assert panels[key].charts[0].spec.get("usermeta") == {"renderer": "canvas"}, key
+
+
+def test_specs_render_without_vega_errors(panels):
+    import vl_convert
+
+    for panel in panels.values():
+        for chart in panel.charts:
+            svg = vl_convert.vegalite_to_svg(chart.spec)
+            assert svg.startswith("<svg") and "NaN" not in svg, panel.key
+
+
+def test_interactive_controls(panels):
+    spec3 = json.dumps(panels["p3"].charts[0].spec)
+    assert '"name": "layer"' in spec3 and '"name": "head"' in spec3 and '"bind"' in spec3
+    spec6 = panels["p6"].charts[0].spec
+    params = [p for view in [spec6, *marks(spec6)] for p in view.get("params", [])]
+    picks = [p for p in params if p["name"] == "pick"]
+    assert picks and picks[0]["select"]["type"] == "point" and picks[0]["select"]["fields"] == ["p"]
+
+
+# --- numbers come from the trace ----------------------------------------------------------------
+
+
+def test_candidate_probabilities_are_the_watched_probabilities(synthetic, panels):
+    from tracegen.panels.common import count_position, fmt_pct
+
+    panel = panels["p5"]
+    count = count_position(synthetic)
+    assert synthetic.generated_strings[count.step] == " two"  # found from the continuation
+    assert panel.facts["count_position"] == count.position == synthetic.n_prompt - 1 + 2
+    probs = synthetic.derived("watched_probs")[-1, count.position]
+    for w, entry in enumerate(synthetic.watched):
+        assert panel.facts["candidates"][entry["text"]] == pytest.approx(float(probs[w]))
+        assert fmt_pct(probs[w]) in panel.caption
+    two, best_correct = probs[WATCHED.index(" two")], probs[[4, 5, 6]].max()
+    assert panel.verdict == ("borne out" if two > best_correct else "not borne out")
+
+
+def test_planted_heads_are_found(synthetic, panels):
+    """The synthetic trace plants a sink, previous-token and induction head in every layer."""
+    facts3, facts4 = panels["p3"].facts, panels["p4"].facts
+    assert facts3["sink_heads"] >= synthetic.n_layers
+    assert facts4["previous_heads"] >= synthetic.n_layers
+    assert facts4["induction_heads"] >= synthetic.n_layers
+    assert facts4["best"]["i"][1] == 2 and facts4["best"]["p"][1] == 1
+    assert f"{facts4['induction_heads']} heads put at least" in panels["p4"].caption
+
+
+def test_takeover_and_flops_match_the_trace(synthetic, panels):
+    from tracegen.panels.common import fmt_si
+
+    rank = synthetic.derived("lens_target_rank")[:, synthetic.n_prompt - 1]
+    depth = panels["p6"].facts["takeover_depth"]["answer"]
+    assert (rank[depth:] == 0).all() and (depth == 0 or rank[depth - 1] != 0)
+    total = synthetic.manifest["derived"]["flops_total"]
+    assert fmt_si(total, "FLOPs") in panels["p2"].caption
+    assert f"{synthetic.n_layers} layers" in panels["intro"].caption
+
+
+def test_continuation_verdicts(panels, synthetic_other):
+    from tracegen.panels import build_panels
+
+    assert panels["p8"].facts["foot_won"] and panels["p8"].facts["two_won"]
+    assert panels["p8"].verdict == "borne out"
+    other = {p.key: p for p in build_panels(synthetic_other)}
+    assert other["p8"].facts["foot_won"] and not other["p8"].facts["two_won"]
+    assert other["p8"].verdict == "mixed"
+    assert "<code>␣no</code>" in other["p8"].caption
+
+
+def test_captions_change_with_the_trace(panels, synthetic_other):
+    from tracegen.panels import build_panels
+
+    other = {p.key: p for p in build_panels(synthetic_other)}
+    for key in PANEL_KEYS:
+        assert panels[key].caption != other[key].caption, key
+        assert panels[key].charts[0].alt != other[key].charts[0].alt, key
+
+
+# --- robustness -----------------------------------------------------------------------------------
+
+
+def test_degenerate_trace_does_not_crash(tmp_path):
+    """One layer, one head, NaNs in the derived tensors, uniform attention (ties everywhere)
+    and no watched tokens: panels still build, and their JSON has no NaN."""
+    from tracegen.panels import build_panels
+    from tracegen.store import DERIVED_TENSORS, LAYER_TENSORS
+
+    base = write_synthetic_trace(tmp_path / "base", n_layers=1, n_heads=1, n_kv_heads=1)
+    manifest = dict(base.manifest)
+    manifest["derived"] = {**manifest["derived"], "watched": []}
+    derived = {name: base.derived(name) for name in DERIVED_TENSORS}
+    derived["watched_probs"] = derived["watched_probs"][..., :0]
+    for name in ("lens_entropy", "lens_kl", "attribution", "layer_seconds"):
+        derived[name] = np.full_like(derived[name], np.nan)
+    n = base.n_positions
+    layers = []
+    for index in range(base.n_layers):
+        layer = {
+            name: base.layer(index, name) for name in LAYER_TENSORS if name != "attn_probs_tril"
+        }
+        uniform = np.tril(np.ones((1, n, n))) / np.arange(1, n + 1)[None, :, None]
+        layers.append({**layer, "attn_probs_tril": pack_tril(uniform)})
+    trace = write_trace(tmp_path / "degenerate", manifest, layers, derived, force=True)
+    panels = build_panels(load_trace(trace))
+    assert [p.key for p in panels] == PANEL_KEYS
+    check_specs(panels)
+
+
+def test_tiny_random_model_trace(tiny_trace):
+    """A trace made by tracegen from a tiny random-weight Llama: garbage, but it must build."""
+    import vl_convert
+
+    from tracegen.panels import build_panels
+
+    panels = build_panels(load_trace(tiny_trace))
+    assert [p.key for p in panels] == PANEL_KEYS
+    check_specs(panels)
+    for panel in panels:
+        for chart in panel.charts:
+            vl_convert.vegalite_to_svg(chart.spec)
+
+
+def test_panels_never_import_torch(tmp_path, synthetic):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tracegen.store import load_trace; from tracegen.panels import "
+        f"build_panels; build_panels(load_trace({str(synthetic.path)!r})); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# --- the real trace -----------------------------------------------------------------------
+
+# The whole story page's chart data must stay under 300 KB; keep a margin.
+BYTE_BUDGET = 280_000
+
+
+@pytest.mark.skipif(not REAL_TRACE.is_dir(), reason="no committed trace of the default model")
+def test_real_trace_stays_in_byte_budget():
+    from tracegen.panels import build_panels
+
+    panels = build_panels(load_trace(REAL_TRACE))
+    sizes = {p.key: sum(len(json.dumps(c.spec)) for c in p.charts) for p in panels}
+    assert sum(sizes.values()) < BYTE_BUDGET, sizes
+    assert max(sizes.values()) < BYTE_BUDGET // 3, sizes  # no single panel takes the page
+
+
+@pytest.mark.skipif(not REAL_TRACE.is_dir(), reason="no committed trace of the default model")
+def test_real_trace_findings_are_the_traced_ones():
+    """The headline numbers on the page are the trace's: the first answer token and its
+    probability, and the count the model chose."""
+    from tracegen.panels import build_panels
+    from tracegen.panels.common import count_position, fmt_pct
+
+    trace = load_trace(REAL_TRACE)
+    panels = {p.key: p for p in build_panels(trace)}
+    first_prob = trace.derived("lens_topk_probs")[-1, trace.n_prompt - 1, 0]
+    assert fmt_pct(first_prob) in panels["p8"].caption
+    count = count_position(trace)
+    assert trace.generated_strings[count.step].strip() in panels["p5"].caption
+    check_specs(panels.values())

@@ -1,0 +1,269 @@
+"""¶3: "I spent a layer re-reading the start of the prompt": attention from the last prompt
+position back over the prompt, per layer and head.
+
+The first token draws attention from most heads whatever it says (an attention sink: a place
+to park attention that should change nothing). It is reported by name and kept apart from
+re-reading: reading the start means attention on the first Q/A block beyond its first token.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+
+from ..store import Trace
+from . import Panel
+from .common import (
+    BORNE_OUT,
+    CANVAS,
+    NOT_BORNE_OUT,
+    SEQUENTIAL,
+    WIDTH,
+    answer_position,
+    caption,
+    fmt_pct,
+    head_label,
+    line_of_each_token,
+    start_span,
+    to_chart,
+    token_html,
+    visible_controls,
+)
+
+# A head re-reads the start when it puts at least this multiple of the uniform share on the
+# first Q/A block (first token excluded).
+START_READ_FACTOR = 2.0
+# A head is a sink head when, averaged over query positions, over half its attention lands on
+# the first token.
+SINK_SHARE = 0.5
+# The token strip ships, per layer and head, only the keys with at least this much attention
+# (in thousandths), at most STRIP_TOP of them: the rest would be invisible anyway.
+STRIP_MIN_PERMILLE = 10
+STRIP_TOP = 12
+
+
+def attention_from(trace: Trace, position: int) -> np.ndarray:
+    """[L, H, n_prompt]: each head's attention from `position` over the prompt."""
+    return np.stack(
+        [trace.layer(i, "attn_probs")[:, position, : trace.n_prompt] for i in range(trace.n_layers)]
+    ).astype(np.float64)
+
+
+def sink_scores(trace: Trace) -> np.ndarray:
+    """[L, H]: mean attention on the first token over prompt queries 1..n_prompt-1."""
+    n = trace.n_prompt
+    if n < 2:
+        return np.zeros((trace.n_layers, trace.model.n_heads))
+    return np.stack(
+        [trace.layer(i, "attn_probs")[:, 1:n, 0].mean(-1) for i in range(trace.n_layers)]
+    ).astype(np.float64)
+
+
+def permille(values: np.ndarray) -> list:
+    return np.rint(np.nan_to_num(values) * 1000).astype(int).tolist()
+
+
+def strip_layout(trace: Trace) -> tuple[list[dict], int, int]:
+    """The prompt laid out as it reads: one row per line, x in characters. Returns the token
+    rows (p position, t text, x column, r line, w width), the widest line and the line count."""
+    rows, column = [], 0
+    lines = line_of_each_token(trace)
+    for position, (raw, line) in enumerate(
+        zip(trace.token_strings[: trace.n_prompt], lines, strict=True)
+    ):
+        visible = raw.replace("\n", "")
+        text = visible_controls(visible.strip(" ")) or ("↵" if "\n" in raw else "␣")
+        lead = len(visible) - len(visible.lstrip(" "))
+        if position and line != lines[position - 1]:
+            column = 0
+        rows.append({"p": position, "t": text, "x": column + lead, "r": line, "w": len(text)})
+        column += len(visible)
+    widest = max((row["x"] + row["w"] for row in rows), default=1)
+    return rows, widest, (lines[-1] + 1 if lines else 1)
+
+
+def build(trace: Trace) -> Panel:
+    n_layers, n_heads = trace.n_layers, trace.model.n_heads
+    position = answer_position(trace)
+    attn = attention_from(trace, position)  # [L, H, n_prompt]
+    mean = attn.mean(1)  # [L, n_prompt]
+    first_token = trace.token_strings[0] if trace.token_strings else ""
+    start = start_span(trace)
+    start_keys = list(range(max(start.start, 1), start.stop))  # the start, sink excluded
+    start_mass = attn[:, :, start_keys].sum(-1) if start_keys else np.zeros(attn.shape[:2])
+    uniform_share = len(start_keys) / max(position + 1, 1)
+    best_layer, best_head = np.unravel_index(int(np.argmax(start_mass)), start_mass.shape)
+    best_mass = float(start_mass[best_layer, best_head])
+    reading_heads = (
+        int((start_mass >= START_READ_FACTOR * uniform_share).sum()) if start_keys else 0
+    )
+    best_mean_layer = int(np.argmax(start_mass.mean(1)))
+    sink_now = attn[:, :, 0]  # [L, H] from the last position
+    sinks = sink_scores(trace)
+    n_sink_heads = int((sinks > SINK_SHARE).sum())
+
+    layer_param = alt.param(
+        name="layer",
+        value=int(best_layer) + 1,
+        bind=alt.binding_range(min=1, max=n_layers, step=1, name="layer "),
+    )
+    head_param = alt.param(
+        name="head",
+        value=int(best_head) + 1,
+        bind=alt.binding_select(
+            options=list(range(n_heads + 1)),
+            labels=["mean of heads", *[f"head {h + 1}" for h in range(n_heads)]],
+            name="head ",
+        ),
+    )
+
+    # Heatmap: layer x prompt position, mean over heads, in thousandths to keep it compact.
+    heat_rows = [{"l": layer + 1, "a": permille(mean[layer])} for layer in range(n_layers)]
+    tokens, widest, n_lines = strip_layout(trace)
+    heat = (
+        alt.Chart(alt.Data(values=heat_rows))
+        .transform_flatten(["a"])
+        .transform_window(_n="row_number()", groupby=["l"])
+        .transform_calculate(p="datum._n - 1", share="datum.a / 1000")
+        .transform_lookup(lookup="p", from_=alt.LookupData(alt.NamedData("tokens"), "p", ["t"]))
+        .mark_rect()
+        .encode(
+            x=alt.X(
+                "p:O",
+                title="prompt position (the answer is predicted at the right end)",
+                axis=alt.Axis(labels=False, ticks=False),
+            ),
+            y=alt.Y("l:O", title="layer", axis=alt.Axis(labelOverlap=True)),
+            color=alt.Color(
+                "share:Q",
+                title="attention",
+                scale=alt.Scale(scheme=SEQUENTIAL, type="sqrt"),
+                legend=alt.Legend(format="%", orient="right"),
+            ),
+            opacity=alt.condition("datum.l == layer", alt.value(1), alt.value(0.75)),
+            tooltip=[
+                alt.Tooltip("l:O", title="layer"),
+                alt.Tooltip("p:O", title="position"),
+                alt.Tooltip("t:N", title="token"),
+                alt.Tooltip("share:Q", title="mean attention", format=".1%"),
+            ],
+        )
+        .properties(
+            width=WIDTH,
+            height=max(80, 6 * n_layers),
+            title="Attention from the last position, mean over heads",
+        )
+    )
+
+    # Token strip: the prompt as text, each token underlined by the attention it gets from the
+    # last position in the chosen layer and head.
+    strip_rows = []
+    for layer in range(n_layers):
+        for head, values in enumerate([mean[layer], *attn[layer]]):
+            keys = np.argsort(-values)[:STRIP_TOP]
+            keys = keys[np.rint(values[keys] * 1000) >= STRIP_MIN_PERMILLE]
+            strip_rows.append(
+                {"l": layer + 1, "h": head, "i": keys.tolist(), "a": permille(values[keys])}
+            )
+    font_size = float(np.clip(WIDTH / max(widest, 1) / 0.6, 6, 12))
+    x = alt.X("x:Q", scale=alt.Scale(domain=[0, widest]), axis=None)
+    y = alt.Y("y:Q", scale=alt.Scale(domain=[0, n_lines], reverse=True), axis=None)
+    text = (
+        alt.Chart(alt.NamedData("tokens"))
+        .transform_calculate(y="datum.r + 0.4")
+        .mark_text(align="left", baseline="middle", font="monospace", fontSize=font_size)
+        .encode(
+            x=x,
+            y=y,
+            text="t:N",
+            tooltip=[alt.Tooltip("p:Q", title="position"), alt.Tooltip("t:N", title="token")],
+        )
+    )
+    bars = (
+        alt.Chart(alt.Data(values=strip_rows))
+        .transform_filter("datum.l == layer && datum.h == head")
+        .transform_flatten(["i", "a"])
+        .transform_lookup(
+            lookup="i", from_=alt.LookupData(alt.NamedData("tokens"), "p", ["t", "x", "r", "w"])
+        )
+        .transform_calculate(
+            y="datum.r + 0.72", y2="datum.r + 0.98", x2="datum.x + datum.w", share="datum.a / 1000"
+        )
+        .mark_rect()
+        .encode(
+            x=x,
+            x2="x2:Q",
+            y=y,
+            y2="y2:Q",
+            color=alt.Color(
+                "share:Q",
+                title="attention",
+                legend=alt.Legend(format="%"),
+                scale=alt.Scale(scheme=SEQUENTIAL, domainMin=0),
+            ),
+            tooltip=[
+                alt.Tooltip("t:N", title="token"),
+                alt.Tooltip("i:Q", title="position"),
+                alt.Tooltip("share:Q", title="attention", format=".1%"),
+                alt.Tooltip("l:Q", title="layer"),
+                alt.Tooltip("h:Q", title="head (0 = mean)"),
+            ],
+        )
+    )
+    strip = alt.layer(text, bars).properties(
+        width=WIDTH,
+        height=22 * n_lines,
+        title="The prompt, underlined by attention from the last position (pick layer and head)",
+    )
+    chart = (
+        alt.vconcat(heat, strip, datasets={"tokens": tokens})
+        .add_params(layer_param, head_param)
+        .resolve_scale(color="independent")
+        .properties(usermeta=CANVAS)
+    )
+
+    start_text = "".join(trace.token_strings[start.start : start.stop]).strip()
+    first_html = token_html(first_token)
+    verdict = BORNE_OUT if reading_heads else NOT_BORNE_OUT
+    facts = {
+        "position": position,
+        "start_span": [start.start, start.stop],
+        "best_start_head": [int(best_layer), int(best_head)],
+        "best_start_mass": best_mass,
+        "uniform_share": uniform_share,
+        "reading_heads": reading_heads,
+        "sink_mean_now": float(sink_now.mean()),
+        "sink_heads": n_sink_heads,
+    }
+    items = [
+        f"Attention sink: the first token {first_html} gets {fmt_pct(sink_now.mean())} of the "
+        f"last position's attention on average over all {n_layers * n_heads} heads, and "
+        f"{n_sink_heads} heads put over {fmt_pct(SINK_SHARE)} of their attention on it from "
+        f"every position on average. A sink is where a head parks attention it has no use for; "
+        f"it is not reading.",
+        f"Re-reading the start (the first Q/A block, {len(start_keys)} tokens after the first, "
+        f"{fmt_pct(uniform_share)} of what the last position can see): the head that reads it "
+        f"most is {head_label(int(best_layer), int(best_head))} with {fmt_pct(best_mass)}; "
+        f"averaged over heads, layer {best_mean_layer + 1} reads it most "
+        f"({fmt_pct(start_mass[best_mean_layer].mean())}).",
+        f"{reading_heads} of {n_layers * n_heads} heads give the first block at least "
+        f"{START_READ_FACTOR:g}&times; its uniform share.",
+    ]
+    alt_text = (
+        f"From the last prompt position, {head_label(int(best_layer), int(best_head))} puts "
+        f"{fmt_pct(best_mass)} of its attention on the first Q/A block (uniform: "
+        f"{fmt_pct(uniform_share)}); the first token draws {fmt_pct(sink_now.mean())} on average."
+    )
+    return Panel(
+        key="p3",
+        question="Does any layer re-read the start of the prompt?",
+        charts=[to_chart(chart, alt_text)],
+        caption=caption(
+            f"Attention from the last prompt position (the one that predicts the answer) back to "
+            f"the start of the prompt, <q>{start_text[:60]}{'…' if len(start_text) > 60 else ''}"
+            f"</q>.",
+            items,
+        ),
+        verdict=verdict,
+        facts=facts,
+    )

@@ -1,0 +1,431 @@
+"""Shared pieces of the panels: story constants, number formatting, compact chart data,
+token text, where in the prompt things are, and the few chart shapes several panels use.
+
+Everything is a pure function of its arguments; charts are returned as Altair objects and
+turned into `Chart` (a Vega-Lite dict plus its text alternative) by `to_chart`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import altair as alt
+import numpy as np
+
+from ..store import Trace
+
+if TYPE_CHECKING:
+    from . import Chart
+
+# --- the story's own numbers (the only constants a caption may quote) -------------------------
+
+GPT3_LAYERS = 96  # "the 32nd layer" of GPT-3, which has 96
+GPT3_PARAMS = 175e9  # GPT-3 175B, the model of "Giving GPT-3 a Turing Test"
+STORY_LAYER = 32  # "around the 32nd layer ..."
+STORY_TOKEN = 400  # "... of the 400th token in the sequence"
+THREE_QUARTERS = 0.75  # "My own consciousness extends about three quarters of the layers"
+
+# --- verdicts ---------------------------------------------------------------------------------
+
+BORNE_OUT = "borne out"
+NOT_BORNE_OUT = "not borne out"
+MIXED = "mixed"
+CONTEXT = "context"
+
+# --- chart geometry; colours are left to the site's theme except for data scales --------------
+
+WIDTH = 440
+SEQUENTIAL = "viridis"  # perceptually uniform and colour-blind safe
+DIVERGING = "blueorange"
+# Dense marks (hundreds to thousands of cells) draw faster on a canvas; the site reads this.
+CANVAS = {"renderer": "canvas"}
+
+
+# --- numbers ----------------------------------------------------------------------------------
+
+
+def rounded(values: Any, digits: int = 3) -> Any:
+    """A JSON-ready nested list: float64 before rounding (float32 prints 0.12600000202655792),
+    integral values as ints ("0" not "0.0"), NaN and infinities as null."""
+    array = np.asarray(values, dtype=np.float64)
+    array = np.round(array, digits)
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, list):
+            return [clean(item) for item in x]
+        if not math.isfinite(x):
+            return None
+        return int(x) if x == int(x) else x
+
+    return clean(array.tolist())
+
+
+def sig(values: Any, digits: int = 3) -> Any:
+    """Like `rounded` but keeps `digits` significant digits (for values spanning decades)."""
+    array = np.asarray(values, dtype=np.float64)
+    flat = [_round_sig(float(x), digits) for x in array.ravel()]
+    return rounded(np.array(flat).reshape(array.shape), 12)
+
+
+def _round_sig(x: float, digits: int) -> float:
+    if not math.isfinite(x) or x == 0:
+        return x
+    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
+
+
+def label_expr(field: str, labels: dict[str, str]) -> str:
+    """A Vega expression mapping a field's short codes to readable labels."""
+    parts = [f"datum.{field} == {code!r} ? {label!r}" for code, label in labels.items()]
+    return " : ".join([*parts, f"datum.{field}"])
+
+
+def finite(x: Any, default: float = 0.0) -> float:
+    value = float(x)
+    return value if math.isfinite(value) else default
+
+
+def fmt_pct(p: float) -> str:
+    """A probability as a percentage with the precision it deserves: 67%, 4.2%, 0.31%, <0.01%."""
+    p = float(p)
+    if not math.isfinite(p):
+        return "n/a"
+    pct = 100 * p
+    if pct >= 99.5 and pct < 100:
+        return f"{pct:.1f}%"
+    if pct >= 10:
+        return f"{pct:.0f}%"
+    if pct >= 1:
+        return f"{pct:.1f}%"
+    if pct >= 0.01:
+        return f"{pct:.2f}%"
+    return "under 0.01%" if pct > 0 else "0%"
+
+
+def fmt_num(x: float, digits: int = 2) -> str:
+    x = float(x)
+    return f"{x:.{digits}f}" if math.isfinite(x) else "n/a"
+
+
+def fmt_int(n: float) -> str:
+    return f"{int(n):,}"
+
+
+def fmt_si(x: float, unit: str = "") -> str:
+    """1.23e10 -> '12.3 G' + unit."""
+    x = float(x)
+    if not math.isfinite(x):
+        return "n/a"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def fmt_count(n: float) -> str:
+    """135e6 -> '135 million' (for parameter counts, where 'M' reads like a unit)."""
+    n = float(n)
+    for factor, word in ((1e12, "trillion"), (1e9, "billion"), (1e6, "million"), (1e3, "thousand")):
+        if abs(n) >= factor:
+            return f"{n / factor:.3g} {word}"
+    return f"{n:.0f}"
+
+
+def fmt_bytes(n: float) -> str:
+    n = float(n)
+    for factor, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= factor:
+            return f"{n / factor:.3g} {unit}"
+    return f"{int(n)} bytes"
+
+
+def fmt_seconds(s: float) -> str:
+    s = float(s)
+    if not math.isfinite(s):
+        return "n/a"
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s * 1e6:.3g} µs"
+
+
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+# --- token text -------------------------------------------------------------------------------
+
+
+def show_token(text: str) -> str:
+    """Make a token's whitespace visible: a leading space as ␣, newlines as ↵, other control
+    characters as their Unicode control pictures (a raw control character in a text mark
+    can crash a renderer; random models emit them)."""
+    if text == "":
+        return "∅"
+    shown = text.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
+    shown = visible_controls(shown)
+    return "␣" + shown[1:] if shown.startswith(" ") else shown
+
+
+def visible_controls(text: str) -> str:
+    return "".join(_CONTROL_PICTURES.get(ord(c), c) for c in text)
+
+
+_CONTROL_PICTURES = {**{code: chr(0x2400 + code) for code in range(32)}, 127: "␡"}
+
+
+def token_html(text: str) -> str:
+    return f"<code>{html.escape(show_token(text))}</code>"
+
+
+def vocabulary(trace: Trace) -> Callable[[int], str]:
+    """id -> token text, from every place the trace spells tokens out.
+
+    The lens stores vocabulary ids; their text comes from the manifest's id -> string table
+    (`vocabulary`: every id the lens ranks), then the prompt, the continuation and the
+    watched tokens. An id spelled nowhere shows as #id.
+    """
+    table: dict[int, str] = {}
+    manifest = trace.manifest
+    for source in (manifest, manifest.get("tokens", {}), manifest.get("derived", {})):
+        for name in ("vocabulary", "vocab"):
+            found = source.get(name)
+            if isinstance(found, dict):
+                table.update({int(key): str(value) for key, value in found.items()})
+            elif isinstance(found, list):
+                table.update(enumerate(map(str, found)))
+    table.update(zip(trace.token_ids, trace.token_strings, strict=False))
+    table.update(zip(trace.generated_ids, trace.generated_strings, strict=False))
+    table.update({int(w["id"]): str(w["text"]) for w in trace.watched})
+    return lambda token_id: table.get(int(token_id), f"#{int(token_id)}")
+
+
+# --- positions in the prompt ------------------------------------------------------------------
+
+
+def answer_position(trace: Trace) -> int:
+    """The last prompt position ("A: Your"), where the model predicts its first answer token."""
+    return max(trace.n_prompt - 1, 0)
+
+
+def step_position(trace: Trace, step: int) -> int:
+    """The position whose prediction is generated token `step` (0-based)."""
+    return answer_position(trace) + step
+
+
+# Words that answer "how many": the story's "zero", "no" and "two", and the other small counts
+# a model might pick. Other watched tokens (such as " foot") are not counts.
+COUNT_WORDS = {
+    "no",
+    "zero",
+    "none",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+}
+
+
+def is_count_word(text: str) -> bool:
+    word = text.strip().lower()
+    return word in COUNT_WORDS or word.isdigit()
+
+
+def count_tokens(trace: Trace) -> list[tuple[int, int, str]]:
+    """(index into watched, token id, text) for the watched tokens that are counts."""
+    return [
+        (w, int(entry["id"]), str(entry["text"]))
+        for w, entry in enumerate(trace.watched)
+        if is_count_word(str(entry["text"]))
+    ]
+
+
+@dataclass(frozen=True)
+class CountPosition:
+    position: int
+    step: int  # which generated token is predicted there (0-based)
+    how: str  # one sentence: how the position was found, for the caption
+
+
+def count_position(trace: Trace) -> CountPosition:
+    """Where the model has to say how many eyes.
+
+    1. the first step of the continuation whose greedy token is a watched count word;
+    2. otherwise the traced step where the watched count words together are most probable;
+    3. otherwise the last prompt position.
+    """
+    counts = count_tokens(trace)
+    count_ids = [token_id for _, token_id, _ in counts]
+    n_steps = trace.n_positions - answer_position(trace)
+    for step, token_id in enumerate(trace.generated_ids[:n_steps]):
+        if token_id in count_ids:
+            text = token_html(trace.generated_strings[step])
+            return CountPosition(
+                step_position(trace, step),
+                step,
+                f"the model emits the count {text} at step {step + 1} of its continuation",
+            )
+    if counts and n_steps > 0:
+        final = trace.derived("watched_probs")[-1, answer_position(trace) :]  # [steps, W]
+        totals = np.nan_to_num(final[:, [w for w, _, _ in counts]].sum(-1), nan=0.0)
+        step = int(np.argmax(totals))
+        if totals[step] > 0:
+            return CountPosition(
+                step_position(trace, step),
+                step,
+                f"no count word was generated; this is the step where the watched counts are "
+                f"most probable together ({fmt_pct(totals[step])})",
+            )
+    return CountPosition(
+        answer_position(trace), 0, "no count word is watched or generated; the last prompt position"
+    )
+
+
+def prompt_text(trace: Trace) -> str:
+    return "".join(trace.token_strings[: trace.n_prompt])
+
+
+def line_of_each_token(trace: Trace) -> list[int]:
+    """The prompt line each prompt token sits on (a token holding a newline ends its line)."""
+    lines, line = [], 0
+    for text in trace.token_strings[: trace.n_prompt]:
+        lines.append(line)
+        line += text.count("\n")
+    return lines
+
+
+def qa_block_starts(trace: Trace) -> list[int]:
+    """Token positions where a "Q:" line starts, in order.
+
+    Found from the decoded text, so any tokenizer works; a prompt with no Q lines gives [0].
+    """
+    text = prompt_text(trace)
+    char_starts = [
+        0 if match.start() == 0 else match.start() + 1 for match in re.finditer(r"(?:^|\n)Q:", text)
+    ]
+    offsets = np.cumsum([0] + [len(t) for t in trace.token_strings[: trace.n_prompt]])
+    starts = sorted({int(np.searchsorted(offsets, c, side="right") - 1) for c in char_starts})
+    return starts or [0]
+
+
+def start_span(trace: Trace) -> range:
+    """The first Q/A block: "the start of the prompt" that the narrator re-reads."""
+    starts = qa_block_starts(trace)
+    end = starts[1] if len(starts) > 1 else max(1, trace.n_prompt // 10)
+    return range(0, min(end, trace.n_prompt))
+
+
+def end_span(trace: Trace) -> range:
+    """The last two Q/A blocks, which the story quotes as "the end of the sequence"."""
+    starts = qa_block_starts(trace)
+    begin = starts[-2] if len(starts) >= 2 else trace.n_prompt - max(1, trace.n_prompt // 4)
+    return range(max(begin, 0), trace.n_prompt)
+
+
+def story_depth(n_layers: int) -> tuple[float, int]:
+    """Where "layer 32 of 96" falls on this model: (fraction of depth, nearest depth)."""
+    fraction = STORY_LAYER / GPT3_LAYERS
+    return fraction, int(round(fraction * n_layers))
+
+
+# --- components -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Component:
+    """An attribution component: kind "embed", "attn", "mlp" or "other"; layer 1..L (0 for
+    the embeddings, L+1 for anything after the last block such as a norm bias)."""
+
+    name: str
+    kind: str
+    layer: int
+
+    @property
+    def label(self) -> str:
+        """In prose, layers count from 1 (the trace's component names count blocks from 0)."""
+        if self.kind == "embed":
+            return "embeddings"
+        if self.kind in ("attn", "mlp"):
+            return f"{'attention' if self.kind == 'attn' else 'MLP'} {self.layer}"
+        return self.name
+
+
+def parse_components(names: Sequence[str], n_layers: int) -> list[Component]:
+    parsed = []
+    for name in names:
+        lowered = name.lower()
+        kind = next((k for k in ("attn", "mlp") if k in lowered), None)
+        digits = re.findall(r"\d+", lowered)
+        if "embed" in lowered and "unembed" not in lowered:
+            parsed.append(Component(name, "embed", 0))
+        elif kind and digits:
+            parsed.append(Component(name, kind, int(digits[0]) + 1))
+        else:
+            parsed.append(Component(name, "other", n_layers + 1))
+    return parsed
+
+
+# --- charts -----------------------------------------------------------------------------------
+
+
+def to_chart(chart: alt.TopLevelMixin, alt_text: str) -> Chart:
+    """Validate and serialise; `to_dict` raises if the spec is not valid Vega-Lite."""
+    from . import Chart  # the package imports this module, so import at call time
+
+    return Chart(spec=chart.to_dict(), alt=alt_text)
+
+
+def columns(**arrays: Iterable[Any]) -> alt.Data:
+    """One row holding one array per field: the compact way to ship a few series. Flatten it
+    in Vega-Lite with `indexed`."""
+    return alt.Data(values=[{name: list(values) for name, values in arrays.items()}])
+
+
+def indexed(
+    chart: alt.TopLevelMixin,
+    fields: Sequence[str],
+    index: str = "i",
+    groupby: Sequence[str] | None = None,
+    start: int = 0,
+) -> alt.TopLevelMixin:
+    """Flatten parallel array fields into rows and number them from `start`."""
+    chart = chart.transform_flatten(list(fields))
+    window = {"groupby": list(groupby)} if groupby else {}
+    chart = chart.transform_window(_n="row_number()", **window)
+    return chart.transform_calculate(**{index: f"datum._n - 1 + {start}"})
+
+
+def depth_axis(n_layers: int, title: str = "depth (0 = embeddings)") -> alt.Axis:
+    step = max(1, int(math.ceil((n_layers + 1) / 16)))
+    return alt.Axis(title=title, values=list(range(0, n_layers + 1, step)), format="d")
+
+
+def html_list(items: Iterable[str]) -> str:
+    return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
+
+
+def caption(lead: str, items: Iterable[str] = ()) -> str:
+    items = list(items)
+    return f"<p>{lead}</p>" + (html_list(items) if items else "")
+
+
+def head_label(layer: int, head: int) -> str:
+    """Layers and heads are counted from 1 in prose, as the story counts its 32nd layer."""
+    return f"layer {layer + 1}, head {head + 1}"
+
+
+def safe_argmax(values: np.ndarray) -> int:
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=-np.inf)
+    return int(np.argmax(values)) if values.size else 0

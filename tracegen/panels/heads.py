@@ -1,0 +1,185 @@
+"""¶4: "I dispatched a few heads to attend again to the end of the sequence": a layer x head
+grid of three head scores.
+
+end of sequence  attention mass from the last prompt position on the last two Q/A blocks
+                 (the lines the story quotes after this sentence);
+previous token   mean attention from each prompt token to the one before it;
+induction        mean attention from a token to the token that followed an earlier
+                 occurrence of it (the "copy what came next last time" circuit; the Q/A
+                 template repeats, so the prompt has many such repeats).
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+
+from ..store import Trace
+from . import Panel
+from .common import (
+    BORNE_OUT,
+    CANVAS,
+    MIXED,
+    NOT_BORNE_OUT,
+    SEQUENTIAL,
+    WIDTH,
+    answer_position,
+    caption,
+    end_span,
+    fmt_pct,
+    head_label,
+    label_expr,
+    rounded,
+    to_chart,
+)
+
+END_SHARE = 0.5  # a head "attends to the end" with at least half its attention there
+A_FEW = 0.25  # "a few heads": at most a quarter of all heads
+PREVIOUS_THRESHOLD = 0.5  # a previous-token head gives the previous token at least half
+INDUCTION_THRESHOLD = 0.3  # an induction head gives the induction targets at least 30%
+
+SCORE_LABELS = {"e": "end of sequence", "p": "previous token", "i": "induction"}
+
+
+def induction_mask(token_ids: list[int]) -> np.ndarray:
+    """[n, n]: 1 where key k follows an earlier occurrence (k-1 < q-1) of query q's token."""
+    ids = np.asarray(token_ids)
+    n = len(ids)
+    same = ids[:, None] == ids[None, :]  # [q, j]
+    earlier = np.tril(np.ones((n, n), dtype=bool), k=-2)  # j <= q - 2, so j + 1 < q
+    mask = np.zeros((n, n))
+    mask[:, 1:] = (same & earlier)[:, :-1]
+    return mask
+
+
+def head_scores(trace: Trace) -> dict[str, np.ndarray]:
+    """Each score as [L, H], plus the chance level of the induction score."""
+    n = trace.n_prompt
+    position = answer_position(trace)
+    end = end_span(trace)
+    mask = induction_mask(trace.token_ids[:n])
+    has_target = mask.sum(-1) > 0
+    chance = (
+        float((mask.sum(-1) / np.arange(1, n + 1))[has_target].mean()) if has_target.any() else 0.0
+    )
+    scores: dict[str, list[np.ndarray]] = {"e": [], "p": [], "i": []}
+    for index in range(trace.n_layers):
+        attn = trace.layer(index, "attn_probs")[:, :n, :n].astype(np.float64)  # [H, n, n]
+        scores["e"].append(attn[:, position, end.start : end.stop].sum(-1))
+        if n > 1:
+            scores["p"].append(attn[:, np.arange(1, n), np.arange(n - 1)].mean(-1))
+        else:
+            scores["p"].append(np.zeros(attn.shape[0]))
+        if has_target.any():
+            scores["i"].append((attn * mask).sum(-1)[:, has_target].mean(-1))
+        else:
+            scores["i"].append(np.zeros(attn.shape[0]))
+    out = {name: np.nan_to_num(np.stack(values)) for name, values in scores.items()}
+    out["induction_chance"] = np.array(chance)
+    out["end_uniform"] = np.array((end.stop - end.start) / max(position + 1, 1))
+    return out
+
+
+def _best(grid: np.ndarray) -> tuple[int, int, float]:
+    layer, head = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    return int(layer), int(head), float(grid[layer, head])
+
+
+def build(trace: Trace) -> Panel:
+    n_layers, n_heads = trace.n_layers, trace.model.n_heads
+    scores = head_scores(trace)
+    rows = [
+        {"l": layer + 1, **{key: rounded(scores[key][layer], 3) for key in SCORE_LABELS}}
+        for layer in range(n_layers)
+    ]
+    tooltip = [
+        alt.Tooltip("l:O", title="layer"),
+        alt.Tooltip("h:O", title="head"),
+        alt.Tooltip("score:N", title="score"),
+        alt.Tooltip("value:Q", format=".1%"),
+    ]
+    cell = max(6, min(18, (WIDTH // 3 - 20) // max(n_heads, 1)))
+    grid = (
+        alt.Chart(alt.Data(values=rows))
+        .transform_flatten(list(SCORE_LABELS))
+        .transform_window(h="row_number()", groupby=["l"])
+        .transform_fold(list(SCORE_LABELS), as_=["score", "value"])
+        .transform_calculate(score=label_expr("score", SCORE_LABELS))
+        .mark_rect()
+        .encode(
+            x=alt.X("h:O", title="head"),
+            y=alt.Y("l:O", title="layer", axis=alt.Axis(labelOverlap=True)),
+            color=alt.Color(
+                "value:Q",
+                title="score",
+                legend=alt.Legend(format="%"),
+                scale=alt.Scale(scheme=SEQUENTIAL, domain=[0, 1]),
+            ),
+            tooltip=tooltip,
+        )
+        .properties(width=cell * n_heads, height=max(80, 8 * n_layers))
+        .facet(column=alt.Column("score:N", title=None, sort=list(SCORE_LABELS.values())))
+        .properties(usermeta=CANVAS, title="Head scores (layer x head)")
+    )
+
+    n_all = n_layers * n_heads
+    end_heads = int((scores["e"] >= END_SHARE).sum())
+    prev_heads = int((scores["p"] >= PREVIOUS_THRESHOLD).sum())
+    induction_heads = int((scores["i"] >= INDUCTION_THRESHOLD).sum())
+    best = {key: _best(scores[key]) for key in SCORE_LABELS}
+    chance = float(scores["induction_chance"])
+    uniform_end = float(scores["end_uniform"])
+    if end_heads == 0:
+        verdict = NOT_BORNE_OUT
+    elif end_heads <= A_FEW * n_all:
+        verdict = BORNE_OUT
+    else:
+        verdict = MIXED  # many heads look there: recency, not a few dispatched heads
+
+    def named(key: str) -> str:
+        layer, head, value = best[key]
+        return f"{head_label(layer, head)} ({fmt_pct(value)})"
+
+    items = [
+        f"End of the sequence: {end_heads} of {n_all} heads put at least {fmt_pct(END_SHARE)} "
+        f"of the last position's attention on the last two Q/A blocks, which hold "
+        f"{fmt_pct(uniform_end)} of the prompt; the strongest is {named('e')}. "
+        + (
+            f"That is {fmt_pct(end_heads / n_all)} of the heads: "
+            + ("a few, as the narrator says." if verdict == BORNE_OUT else "more than a few.")
+            if end_heads
+            else "No head does."
+        ),
+        f"Previous token: {prev_heads} heads give the previous token at least "
+        f"{fmt_pct(PREVIOUS_THRESHOLD)} of their attention; the strongest is {named('p')}.",
+        f"Induction: {induction_heads} heads put at least {fmt_pct(INDUCTION_THRESHOLD)} on the "
+        f"token that followed an earlier copy of the current one (uniform attention would give "
+        f"{fmt_pct(chance)}); the strongest is {named('i')}. "
+        + (
+            "Induction heads exist here."
+            if induction_heads
+            else "By this threshold there are no induction heads."
+        ),
+    ]
+    facts = {
+        "end_heads": end_heads,
+        "previous_heads": prev_heads,
+        "induction_heads": induction_heads,
+        "best": best,
+        "induction_chance": chance,
+        "end_uniform_share": uniform_end,
+    }
+    alt_text = (
+        f"{end_heads} of {n_all} heads put at least half of the last position's attention on the "
+        f"last two Q/A blocks; {prev_heads} are previous-token heads and {induction_heads} "
+        f"induction heads; the best induction score is {fmt_pct(best['i'][2])}."
+    )
+    return Panel(
+        key="p4",
+        question="Which heads attend to the end of the sequence, and does the model copy the "
+        "Q/A template with induction heads?",
+        charts=[to_chart(grid, alt_text)],
+        caption=caption("Three scores for every head, measured on this prompt.", items),
+        verdict=verdict,
+        facts=facts,
+    )

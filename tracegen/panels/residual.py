@@ -1,0 +1,247 @@
+"""¶1: the residual stream over depth at the last prompt position, and how n-gram-like the
+early layers are.
+
+"N-gram-like" is measured as context-independence: a prediction that depends only on the
+current token is a bigram model. At each depth, take every pair of traced positions that hold
+the same token and count how often the logit lens gives them the same top-1 token. At the
+embeddings a model without absolute position embeddings scores 100% by construction; as
+attention mixes in context the score falls toward what the full model does.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import altair as alt
+import numpy as np
+
+from ..store import Trace
+from . import Panel
+from .common import (
+    BORNE_OUT,
+    GPT3_LAYERS,
+    MIXED,
+    STORY_LAYER,
+    WIDTH,
+    answer_position,
+    caption,
+    columns,
+    depth_axis,
+    fmt_num,
+    fmt_pct,
+    indexed,
+    label_expr,
+    ordinal,
+    rounded,
+    show_token,
+    story_depth,
+    to_chart,
+    token_html,
+    vocabulary,
+)
+
+# The early layers count as n-gram-like when same-token positions agree on the lens top-1
+# at least this much more often after the first block than at the output.
+NGRAM_MARGIN = 0.10
+
+
+def residual_norms(trace: Trace, position: int) -> np.ndarray:
+    """||residual|| at one position for depth 0 (embeddings) .. L (after the last block)."""
+    first = trace.layer(0, "resid_in")[position]
+    outs = [trace.layer(index, "resid_out")[position] for index in range(trace.n_layers)]
+    return np.linalg.norm(np.stack([first, *outs]).astype(np.float64), axis=-1)
+
+
+def same_token_agreement(token_ids: list[int], top1: np.ndarray) -> np.ndarray:
+    """Per depth: the share of same-token position pairs whose lens top-1 is the same.
+    NaN when no token occurs twice."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for position, token_id in enumerate(token_ids):
+        groups[token_id].append(position)
+    repeated = [np.array(p) for p in groups.values() if len(p) > 1]
+    total_pairs = sum(len(p) * (len(p) - 1) // 2 for p in repeated)
+    if total_pairs == 0:
+        return np.full(top1.shape[0], np.nan)
+    agreement = np.zeros(top1.shape[0])
+    for depth in range(top1.shape[0]):
+        equal = 0
+        for positions in repeated:
+            _, counts = np.unique(top1[depth, positions], return_counts=True)
+            equal += int((counts * (counts - 1) // 2).sum())
+        agreement[depth] = equal / total_pairs
+    return agreement
+
+
+def build(trace: Trace) -> Panel:
+    n_layers = trace.n_layers
+    position = answer_position(trace)
+    text_of = vocabulary(trace)
+    top_ids = trace.derived("lens_topk_ids")[:, :, 0]  # [L+1, N]
+    top_probs = trace.derived("lens_topk_probs")[:, position, 0]
+    entropy = trace.derived("lens_entropy")[:, position]
+    rank = trace.derived("lens_target_rank")[:, position]
+    norms = residual_norms(trace, position)
+    final_id = int(top_ids[-1, position])
+    top_text = [show_token(text_of(i)) for i in top_ids[:, position]]
+
+    story_fraction, story_d = story_depth(n_layers)
+    early = min(1, n_layers)
+    n_traced = min(trace.n_positions, len(trace.token_ids))
+    agreement = same_token_agreement(trace.token_ids[:n_traced], top_ids[:, :n_traced])
+    matches_final = (top_ids[:, :n_traced] == top_ids[-1:, :n_traced]).mean(-1)
+
+    # Chart 1: norm and entropy over depth, with what the lens would say at each depth.
+    depths = dict(
+        norm=rounded(norms, 2),
+        entropy=rounded(entropy, 3),
+        top=top_text,
+        p=rounded(top_probs, 4),
+        rank=rank.tolist(),
+    )
+    x = alt.X("d:Q", axis=depth_axis(n_layers), scale=alt.Scale(domain=[0, n_layers]))
+    tooltip = [
+        alt.Tooltip("d:Q", title="depth"),
+        alt.Tooltip("top:N", title="lens top-1"),
+        alt.Tooltip("p:Q", title="its probability", format=".1%"),
+        alt.Tooltip("rank:Q", title=f"rank of {show_token(text_of(final_id))}"),
+        alt.Tooltip("entropy:Q", title="entropy (nats)", format=".2f"),
+        alt.Tooltip("norm:Q", title="residual norm", format=".1f"),
+    ]
+    story = [{"d": story_d, "label": f"layer {STORY_LAYER} of {GPT3_LAYERS}"}]
+    story_rule = (
+        alt.Chart(alt.NamedData("story"))
+        .mark_rule(strokeDash=[4, 3])
+        .encode(
+            x="d:Q",
+            tooltip=[
+                alt.Tooltip("label:N", title="the story"),
+                alt.Tooltip("d:Q", title="depth here"),
+            ],
+        )
+    )
+    base = indexed(
+        alt.Chart(alt.NamedData("depths")), ["norm", "entropy", "top", "p", "rank"], index="d"
+    )
+    norm_line = base.mark_line(point=True).encode(
+        x=x, y=alt.Y("norm:Q", title="residual norm"), tooltip=tooltip
+    )
+    entropy_line = base.mark_line(point=True).encode(
+        x=x, y=alt.Y("entropy:Q", title="lens entropy (nats)"), tooltip=tooltip
+    )
+    words = base.mark_text(angle=270, align="left", fontSize=9).encode(
+        x=x,
+        y=alt.value(56),
+        text="top:N",
+        opacity=alt.Opacity("p:Q", scale=alt.Scale(domain=[0, 1], range=[0.35, 1]), legend=None),
+        tooltip=tooltip,
+    )
+    size = {"width": WIDTH, "height": 110}
+    over_depth = alt.vconcat(
+        alt.layer(norm_line, story_rule).properties(
+            **size, title="Residual norm at the last position"
+        ),
+        alt.layer(entropy_line, story_rule).properties(**size, title="Logit-lens entropy"),
+        alt.layer(words, story_rule).properties(
+            width=WIDTH, height=60, title="What each depth would predict"
+        ),
+        datasets={"depths": [depths], "story": story},
+    )
+
+    # Chart 2: context-independence (bigram-likeness) and agreement with the output.
+    ngram = columns(same=rounded(agreement, 3), final=rounded(matches_final, 3))
+    measure_names = {
+        "same": "same token, same top-1 (bigram-like)",
+        "final": "top-1 equals the output's top-1",
+    }
+    lines = (
+        indexed(alt.Chart(ngram), ["same", "final"], index="d")
+        .transform_fold(list(measure_names), as_=["measure", "share"])
+        .transform_calculate(measure=label_expr("measure", measure_names))
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y(
+                "share:Q", title="share", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])
+            ),
+            color=alt.Color(
+                "measure:N",
+                scale=alt.Scale(scheme="dark2"),
+                legend=alt.Legend(orient="bottom", title=None),
+            ),
+            strokeDash=alt.StrokeDash("measure:N", legend=alt.Legend(orient="bottom", title=None)),
+            tooltip=[
+                alt.Tooltip("d:Q", title="depth"),
+                "measure:N",
+                alt.Tooltip("share:Q", format=".1%"),
+            ],
+        )
+    )
+    ngram_chart = alt.layer(lines, story_rule).properties(
+        width=WIDTH,
+        height=160,
+        title="How n-gram-like is each depth? (all traced positions)",
+        datasets={"story": story},
+    )
+
+    early_gap = float(agreement[early] - agreement[-1]) if np.isfinite(agreement).all() else np.nan
+    verdict = BORNE_OUT if np.isfinite(early_gap) and early_gap >= NGRAM_MARGIN else MIXED
+    final_text = token_html(text_of(final_id))
+    facts = {
+        "position": position,
+        "story_depth": story_d,
+        "story_fraction": story_fraction,
+        "entropy": entropy.tolist(),
+        "norms": norms.tolist(),
+        "top1": top_text,
+        "same_token_agreement": agreement.tolist(),
+        "matches_final": matches_final.tolist(),
+    }
+    alt_text = (
+        f"At the last prompt position the lens entropy goes from {fmt_num(entropy[0])} nats at "
+        f"the embeddings to {fmt_num(entropy[story_d])} at depth {story_d} (layer {STORY_LAYER} "
+        f"of {GPT3_LAYERS} scaled) and {fmt_num(entropy[-1])} at the output, which predicts "
+        f"{show_token(text_of(final_id))}."
+    )
+    items = [
+        f"Layer {STORY_LAYER} of GPT-3's {GPT3_LAYERS} is {fmt_pct(story_fraction)} of the way "
+        f"up; on this {n_layers}-layer model that is depth {story_d} (dashed line). There the "
+        f"last position's lens predicts {token_html(text_of(top_ids[story_d, position]))} "
+        f"({fmt_pct(top_probs[story_d])}), ranks the final answer {final_text} "
+        f"{ordinal(int(rank[story_d]) + 1)}, and has entropy {fmt_num(entropy[story_d])} nats "
+        f"(embeddings {fmt_num(entropy[0])}, output {fmt_num(entropy[-1])}).",
+        f"N-gram-like early layers: pairs of positions that hold the same token get the same "
+        f"lens top-1 in {fmt_pct(agreement[0])} of cases at the embeddings (the token alone: a "
+        f"bigram prediction), {fmt_pct(agreement[early])} after layer {early}, "
+        f"{fmt_pct(agreement[story_d])} at depth {story_d} and {fmt_pct(agreement[-1])} at the "
+        f"output. Counted as n-gram-like when layer {early} beats the output by "
+        f"{fmt_pct(NGRAM_MARGIN)} or more.",
+        f"A higher-order description takes shape: the lens top-1 agrees with the model's final "
+        f"choice at {fmt_pct(matches_final[early])} of positions after layer {early}, "
+        f"{fmt_pct(matches_final[story_d])} at depth {story_d}.",
+        f"The residual norm at the last position grows from {fmt_num(norms[0], 1)} to "
+        f"{fmt_num(norms[-1], 1)} over the {n_layers} blocks.",
+    ]
+    return Panel(
+        key="p1",
+        question="What is in the residual stream at the story's layer, and do early layers "
+        "look like n-gram statistics?",
+        charts=[
+            to_chart(over_depth, alt_text),
+            to_chart(ngram_chart, _ngram_alt(agreement, early)),
+        ],
+        caption=caption(
+            "The logit lens reads each depth's residual stream through the final norm and the "
+            "unembedding, at the last prompt position.",
+            items,
+        ),
+        verdict=verdict,
+        facts=facts,
+    )
+
+
+def _ngram_alt(agreement: np.ndarray, early: int) -> str:
+    return (
+        f"Same-token positions share their lens top-1 in {fmt_pct(agreement[0])} of pairs at "
+        f"the embeddings, {fmt_pct(agreement[early])} after layer {early} and "
+        f"{fmt_pct(agreement[-1])} at the output."
+    )
