@@ -1,0 +1,289 @@
+"""The built site in headless chromium: charts render, follow the palette and instant
+navigation, nothing leaves 127.0.0.1, the layout is two columns wide and one column narrow,
+and the story on the page is the story file. Screenshots go to artifacts/screenshots/.
+
+Chromium missing is a failure (site_helpers.chromium_path raises), never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from tests.site_helpers import (
+    CHART_STATES_JS,
+    DEFAULT_TRACE,
+    PANEL_KEYS,
+    REPO,
+    SCROLL_ALL_JS,
+    build_site,
+    launch_chromium,
+    panels_available,
+    serve,
+    stand_in_build_panels,
+    story_lines,
+)
+
+pytestmark = pytest.mark.browser
+SHOTS = REPO / "artifacts" / "screenshots"
+WIDE = {"width": 1440, "height": 900}
+NARROW = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="session")
+def served_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """The site built once from the committed trace (or FORWARD_PASS_TRACE when set), served
+    on a free port; the build names that port as site_url so instant navigation works."""
+    site = tmp_path_factory.mktemp("browser") / "site"
+    trace = Path(os.environ.get("FORWARD_PASS_TRACE") or DEFAULT_TRACE)
+    assert (trace / "manifest.json").is_file(), f"no trace at {trace}"
+    with serve(site) as url:
+        if panels_available():
+            build_site(site, trace, site_url=url)
+        else:  # until tracegen.panels.build_panels lands
+            with stand_in_build_panels():
+                build_site(site, trace, site_url=url)
+        yield site, url
+
+
+@pytest.fixture(scope="session")
+def built_site(served_site: tuple[Path, str]) -> Path:
+    return served_site[0]
+
+
+@pytest.fixture(scope="session")
+def base_url(served_site: tuple[Path, str]) -> str:
+    return served_site[1]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page with its console errors and the requests that left the site's origin."""
+
+    def __init__(self, page: Page, base_url: str):
+        self.page = page
+        self.errors: list[str] = []
+        self.foreign: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+        def on_request(request: Any) -> None:
+            url = request.url
+            if not (url.startswith(base_url) or url.startswith(("data:", "blob:", "about:"))):
+                self.foreign.append(url)
+
+        page.on("request", on_request)
+
+    def check_clean(self) -> None:
+        assert self.foreign == [], f"requests left 127.0.0.1: {self.foreign}"
+        assert self.errors == [], f"console errors: {self.errors}"
+
+
+OPEN_CONTEXTS: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def close_contexts() -> Iterator[None]:
+    yield
+    while OPEN_CONTEXTS:
+        OPEN_CONTEXTS.pop().close()
+
+
+def open_page(browser: Any, base_url: str, viewport: dict, scheme: str = "light") -> Watched:
+    context = browser.new_context(viewport=viewport, color_scheme=scheme)
+    OPEN_CONTEXTS.append(context)
+    page = context.new_page()
+    watched = Watched(page, base_url)
+    page.goto(base_url, wait_until="load")
+    return watched
+
+
+def render_all(page: Page, timeout: float = 20_000) -> list[dict]:
+    page.evaluate(SCROLL_ALL_JS)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.fp-chart')]"
+        ".every(el => ['rendered', 'error'].includes(el.dataset.fpState))",
+        timeout=timeout,
+    )
+    return page.evaluate(CHART_STATES_JS)
+
+
+def assert_drawn(states: list[dict]) -> None:
+    assert states, "no charts on the story page"
+    for state in states:
+        assert state["state"] == "rendered", state
+        if state["renderer"] == "canvas":
+            assert state["colours"] >= 3, f"blank canvas: {state}"
+        else:
+            assert state["renderer"] == "svg" and state["marks"] > 0, f"no SVG marks: {state}"
+
+
+def screenshot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(600)  # let the header's scroll transition finish
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def toggle_palette(page: Page) -> None:
+    before = page.evaluate("document.body.dataset.mdColorScheme")
+    page.locator("form[data-md-component=palette] label:visible").first.click()
+    page.wait_for_function(f"document.body.dataset.mdColorScheme !== {before!r}")
+
+
+def test_every_panel_renders_without_errors_or_foreign_requests(browser, base_url):
+    watched = open_page(browser, base_url, WIDE)
+    panels = watched.page.eval_on_selector_all(".fp-panel", "els => els.map(e => e.dataset.panel)")
+    assert panels == PANEL_KEYS
+    assert_drawn(render_all(watched.page))
+    screenshot(watched.page, "wide-light")
+    watched.check_clean()
+
+
+def test_dark_mode_rerenders_charts(browser, base_url):
+    watched = open_page(browser, base_url, WIDE)
+    page = watched.page
+    light = render_all(page)
+    assert {s["scheme"] for s in light} == {"default"}
+    toggle_palette(page)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.fp-chart')].every(el => "
+        "el.dataset.fpScheme === 'slate' && el.dataset.fpState === 'rendered')"
+    )
+    dark = page.evaluate(CHART_STATES_JS)
+    assert_drawn(dark)
+    for before, after in zip(light, dark, strict=True):
+        assert before["background"] != after["background"], (before, after)
+    screenshot(page, "wide-dark")
+    watched.check_clean()
+
+
+def test_charts_survive_instant_navigation(browser, base_url):
+    """Land on another page first (no Vega loaded yet), go to the story, away, and back,
+    all by instant navigation (the window object survives: no full reload)."""
+    context = browser.new_context(viewport=WIDE)
+    OPEN_CONTEXTS.append(context)
+    page = context.new_page()
+    watched = Watched(page, base_url)
+    page.goto(base_url + "made/", wait_until="load")
+    page.evaluate("window.__fpSamePage = true")  # survives only if no full reload happens
+    for tab, ready in [("Story", ".fp-chart"), ("How this was made", ".fp-tokens"),
+                       ("Story", ".fp-chart")]:  # fmt: skip
+        page.locator("a.md-tabs__link", has_text=tab).click()
+        page.wait_for_selector(ready)
+        assert page.evaluate("window.__fpSamePage === true"), f"{tab}: the page reloaded"
+        if ready == ".fp-chart":
+            assert_drawn(render_all(page))
+    watched.check_clean()
+
+
+def boxes(page: Page) -> list[tuple[dict, dict]]:
+    pairs = []
+    for key in PANEL_KEYS:
+        story = page.locator(f"#row-{key} > .fp-story").bounding_box()
+        panel = page.locator(f"#row-{key} > .fp-panel").bounding_box()
+        pairs.append((story, panel))
+    return pairs
+
+
+def test_side_by_side_when_wide(browser, base_url):
+    watched = open_page(browser, base_url, WIDE)
+    for story, panel in boxes(watched.page):
+        assert panel["x"] >= story["x"] + story["width"] - 1, (story, panel)
+        assert abs(panel["y"] - story["y"]) < 2, "panel not level with its paragraph"
+        assert story["width"] > 450 and panel["width"] > 450, (story, panel)
+
+
+def test_stacked_when_narrow(browser, base_url):
+    for scheme in ("light", "dark"):
+        watched = open_page(browser, base_url, NARROW, scheme)
+        page = watched.page
+        for story, panel in boxes(page):
+            assert panel["y"] >= story["y"] + story["height"] - 1, (story, panel)
+            assert abs(panel["x"] - story["x"]) < 2
+        assert_drawn(render_all(page))
+        # Nothing wider than the phone: charts scroll inside their panel, not the page.
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= NARROW["width"], f"page is {width}px wide"
+        screenshot(page, f"narrow-{scheme}")
+        watched.check_clean()
+
+
+def test_panels_are_keyboard_reachable(browser, base_url):
+    watched = open_page(browser, base_url, WIDE)
+    page = watched.page
+    for _ in range(200):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('fp-panel')"):
+            break
+    else:
+        pytest.fail("no panel reachable with Tab")
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("", "none")
+    labels = page.eval_on_selector_all(
+        ".fp-chart", "els => els.map(e => [e.getAttribute('role'), e.getAttribute('aria-label')])"
+    )
+    assert all(role == "img" and label for role, label in labels)
+
+
+def test_story_text_matches_story_file(browser, base_url):
+    watched = open_page(browser, base_url, WIDE)
+    page = watched.page
+    title = page.evaluate(
+        "() => { const h = document.querySelector('.md-content h1').cloneNode(true);"
+        " h.querySelectorAll('.headerlink').forEach(a => a.remove()); return h.textContent; }"
+    )
+    subtitle = page.inner_text(".fp-subtitle")
+    blocks = page.eval_on_selector_all(
+        ".fp-story > p, .fp-story pre",
+        "els => els.map(e => e.tagName === 'PRE' ? e.textContent.replace(/\\n$/, '')"
+        " : e.textContent)",
+    )
+    shown = [title, subtitle]
+    for block in blocks:
+        shown.extend(block.split("\n"))
+    assert shown == story_lines()
+    byline = page.inner_text(".fp-byline")
+    assert "Andrej Karpathy" in byline and "27 March 2021" in byline
+    link = page.get_attribute(".fp-byline a", "href")
+    assert link == "https://karpathy.github.io/2021/03/27/forward-pass/"
+
+
+def test_charts_render_from_file_url(browser, built_site):
+    """Opened straight from disk, Material's document$ never fires; charts must still draw."""
+    context = browser.new_context(viewport=WIDE)
+    OPEN_CONTEXTS.append(context)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((built_site / "index.html").as_uri())
+    assert_drawn(render_all(page))
+    assert errors == []
+
+
+def test_static_images_without_javascript(base_url, browser):
+    """With JavaScript off, each chart's <noscript> image shows instead."""
+    context = browser.new_context(viewport=WIDE, java_script_enabled=False)
+    OPEN_CONTEXTS.append(context)
+    page = context.new_page()
+    page.goto(base_url, wait_until="load")
+    images = page.locator(".fp-figure noscript ~ img, .fp-figure img")
+    count = images.count()
+    assert count == page.locator(".fp-chart").count() > 0
+    for index in range(count):
+        image = images.nth(index)
+        image.scroll_into_view_if_needed()
+        image.evaluate("img => img.decode()")  # lazy images load once near the viewport
+        assert image.evaluate("img => img.naturalWidth") > 0

@@ -1,0 +1,219 @@
+"""`mkdocs build --strict` of the site: every panel in place, nothing from other hosts, the
+trace's own numbers on the pages, and a different trace giving different charts."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from mkdocs.exceptions import PluginError
+
+from tests.site_helpers import (
+    DEFAULT_TRACE,
+    PANEL_KEYS,
+    REPO,
+    build_site,
+    make_synthetic_trace,
+    panels_available,
+    stand_in_build_panels,
+    story_lines,
+)
+from tracegen.mkdocs_plugin import check_markers, resolve_trace_path
+from tracegen.store import load_trace
+
+
+def build(site: Path, trace: Path | None, strict: bool = True) -> None:
+    if panels_available():
+        build_site(site, trace, strict=strict)
+    else:  # until tracegen.panels.build_panels lands
+        with stand_in_build_panels():
+            build_site(site, trace, strict=strict)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site from the committed trace (FORWARD_PASS_TRACE unset: the mkdocs.yml default)."""
+    assert (DEFAULT_TRACE / "manifest.json").is_file(), f"no committed trace at {DEFAULT_TRACE}"
+    out = tmp_path_factory.mktemp("site") / "site"
+    build(out, None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_trace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second trace: the lead's tiny random Llama when tracing works here, else synthetic."""
+    try:
+        return Path(request.getfixturevalue("tiny_trace"))
+    except (pytest.FixtureLookupError, pytest.skip.Exception):
+        return make_synthetic_trace(tmp_path_factory.mktemp("other") / "synthetic", slug="synth")
+
+
+class Refs(HTMLParser):
+    """Collects every URL a page would load: src/href of scripts, styles, images, fonts…"""
+
+    LOADING = {"script": "src", "img": "src", "source": "src", "iframe": "src", "embed": "src",
+               "audio": "src", "video": "src", "track": "src", "object": "data"}  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag in self.LOADING and a.get(self.LOADING[tag]):
+            self.loads.append(a[self.LOADING[tag]] or "")
+        if tag == "img" and a.get("srcset"):
+            self.loads.append(a["srcset"] or "")
+        if tag == "link" and a.get("href"):
+            # <link rel=stylesheet|icon|preload|manifest…> all fetch; canonical/alternate do not.
+            rel = (a.get("rel") or "").split()
+            (self.links if set(rel) <= {"canonical", "alternate"} else self.loads).append(
+                a["href"] or ""
+            )
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"] or "")
+
+
+def refs(page: Path) -> Refs:
+    parser = Refs()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser
+
+
+def chart_specs(page: Path) -> list[str]:
+    return [html.unescape(s) for s in re.findall(r"data-spec='([^']*)'", page.read_text("utf-8"))]
+
+
+def test_every_panel_is_on_the_story_page(site: Path) -> None:
+    text = (site / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'<aside class="fp-panel" id="panel-([\w-]+)"', text) == PANEL_KEYS
+    assert "<!-- panel:" not in text and "<!-- fp:" not in text
+    for spec in chart_specs(site / "index.html"):
+        json.loads(spec)  # each chart's spec is valid JSON as the browser will parse it
+    assert len(re.findall(r'class="fp-row"', text)) == len(PANEL_KEYS)
+
+
+def test_every_chart_has_a_static_fallback(site: Path) -> None:
+    text = (site / "index.html").read_text(encoding="utf-8")
+    figures = re.findall(r'<figure class="fp-figure">(.*?)</figure>', text, re.DOTALL)
+    assert figures
+    for figure in figures:
+        image = re.search(r'<noscript><img src="([^"]+)" alt="([^"]+)"', figure)
+        assert image, f"no <noscript> image in {figure[:200]}"
+        assert (site / image.group(1)).read_text(encoding="utf-8").lstrip().startswith("<svg")
+        assert re.search(r'role="img" aria-label="[^"]+"', figure)
+        assert "<figcaption>" in figure
+
+
+def test_story_text_is_verbatim(site: Path) -> None:
+    text = html.unescape((site / "index.html").read_text(encoding="utf-8"))
+    for line in story_lines():
+        assert line in text, f"story line missing or altered: {line[:60]}…"
+    assert "https://karpathy.github.io/2021/03/27/forward-pass/" in text
+    assert "Andrej Karpathy" in text and "27 March 2021" in text
+
+
+def test_nothing_loads_from_another_host(site: Path) -> None:
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= 3
+    for page in pages:
+        for url in refs(page).loads:
+            assert not re.match(r"(https?:)?//", url), f"{page.name} loads {url}"
+    for css in site.rglob("*.css"):
+        external = re.findall(r"url\(\s*['\"]?((?:https?:)?//[^)'\"]+)", css.read_text("utf-8"))
+        assert external == [], f"{css.name} loads {external}"
+    # The one external link is the original post, an <a>, never loaded.
+    links = [u for u in refs(site / "index.html").links if re.match(r"https?://", u)]
+    assert "https://karpathy.github.io/2021/03/27/forward-pass/" in links
+    assert "fonts.googleapis" not in (site / "index.html").read_text(encoding="utf-8")
+
+
+def test_vega_runtime_is_served_by_the_site(site: Path) -> None:
+    bundle = site / "assets" / "forward-pass" / "vega-bundle.js"
+    assert bundle.stat().st_size > 500_000
+    assert "window.vegaEmbed" in bundle.read_text(encoding="utf-8")[-2000:]
+    text = (site / "index.html").read_text(encoding="utf-8")
+    assert "assets/forward-pass/forward-pass.js" in text
+
+
+def test_made_page_reads_the_manifest(site: Path) -> None:
+    trace = load_trace(DEFAULT_TRACE)
+    text = html.unescape((site / "made" / "index.html").read_text(encoding="utf-8"))
+    m = trace.model
+    for fact in (m.spec, m.source, m.architecture, f"{m.n_params:,}", f"{m.vocab_size:,}"):
+        assert str(fact) in text, fact
+    assert f"{trace.n_prompt} tokens" in text
+    assert text.count('class="fp-tok"') == trace.n_prompt
+    for library, version in trace.manifest.get("libraries", {}).items():
+        assert f"libraries.{library}" in text and version in text
+    # Every raw trace file is downloadable from the site, byte for byte, and linked.
+    links = refs(site / "made" / "index.html").links
+    for path in trace.files():
+        copy = site / "traces" / m.slug / path.name
+        assert copy.read_bytes() == path.read_bytes()
+        assert f"../traces/{m.slug}/{path.name}" in links
+
+
+def test_another_trace_changes_charts_and_captions(site: Path, other_trace: Path, tmp_path: Path):
+    other = tmp_path / "site"
+    build(other, other_trace)
+    slug = load_trace(other_trace).model.slug
+    assert chart_specs(other / "index.html") != chart_specs(site / "index.html")
+
+    def captions(page: Path) -> list[str]:
+        text = page.read_text("utf-8")
+        return re.findall(r"<div class=\"fp-caption\">(.*?)</div></aside>", text, re.DOTALL)
+
+    theirs, ours = captions(other / "index.html"), captions(site / "index.html")
+    assert len(theirs) == len(ours) == len(PANEL_KEYS)
+    assert theirs != ours
+    assert (other / "traces" / slug / "manifest.json").is_file()
+    assert slug in (other / "made" / "index.html").read_text(encoding="utf-8")
+
+
+def test_missing_marker_fails_the_build(tmp_path: Path) -> None:
+    """A story page without one of the panel markers is a build error that names the panel."""
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO / "docs", docs)
+    index = docs / "index.md"
+    index.write_text(index.read_text("utf-8").replace("<!-- panel: p3 -->", ""), "utf-8")
+    shutil.copyfile(REPO / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    (tmp_path / "tracegen" / "assets").mkdir(parents=True)  # mkdocs.yml watches it
+    trace = make_synthetic_trace(tmp_path / "trace")
+    with stand_in_build_panels():
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("mkdocs")), "build", "-q", "-d", "out"],
+            cwd=tmp_path, capture_output=True, text=True,
+            env={**os.environ, "FORWARD_PASS_TRACE": str(trace)},
+        )  # fmt: skip
+    assert done.returncode != 0
+    assert "panels without a <!-- panel: KEY --> marker: p3" in done.stdout + done.stderr
+
+
+def test_check_markers_names_every_problem() -> None:
+    panels = {key: object() for key in PANEL_KEYS}
+    good = "<!-- story:start -->\n" + "\n".join(f"<!-- panel: {k} -->" for k in PANEL_KEYS)
+    check_markers(good, panels)
+    with pytest.raises(PluginError, match="markers without a panel from build_panels: p11"):
+        check_markers(good + "\n<!-- panel: p11 -->", panels)
+    with pytest.raises(PluginError, match="markers used twice: p1"):
+        check_markers(good + "\n<!-- panel: p1 -->", panels)
+    with pytest.raises(PluginError, match="no <!-- story:start --> marker"):
+        check_markers(good.replace("<!-- story:start -->", ""), panels)
+
+
+def test_trace_path_env_overrides_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    config_file = str(tmp_path / "mkdocs.yml")
+    monkeypatch.delenv("FORWARD_PASS_TRACE", raising=False)
+    assert resolve_trace_path("traces/x", config_file) == tmp_path / "traces" / "x"
+    monkeypatch.setenv("FORWARD_PASS_TRACE", "elsewhere/y")
+    assert resolve_trace_path("traces/x", config_file) == tmp_path / "elsewhere" / "y"

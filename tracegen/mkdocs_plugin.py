@@ -1,0 +1,403 @@
+"""MkDocs plugin: puts one panel of charts beside each paragraph of the story, ships the Vega
+runtime, and fills the "How this was made" page from the trace's manifest.
+
+Registered as the `forward-pass` plugin (entry point in pyproject.toml). Build-time only:
+numpy, altair's specs and vl-convert; never torch.
+
+Markers it understands:
+
+    <!-- story:start -->     (story page) where the paragraph rows begin
+    <!-- panel: KEY -->      (story page) end of the paragraphs that panel KEY sits beside
+    <!-- fp: NAME -->        (any page) generated Markdown, NAME in `FILLERS`
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mkdocs.config import base
+from mkdocs.config import config_options as c
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.exceptions import PluginError
+from mkdocs.plugins import BasePlugin
+from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
+from mkdocs.utils import get_relative_url
+
+from tracegen.store import ModelCard, Trace, TraceError, load_trace
+
+log = logging.getLogger("mkdocs.plugins.forward-pass")
+
+TRACE_ENV = "FORWARD_PASS_TRACE"
+ASSET_DIR = "assets/forward-pass"
+VEGA_BUNDLE = f"{ASSET_DIR}/vega-bundle.js"
+START_MARKER = "<!-- story:start -->"
+PANEL_MARKER = re.compile(r"<!--\s*panel:\s*([\w-]+)\s*-->")
+FILL_MARKER = re.compile(r"<!--\s*fp:\s*([\w-]+)\s*-->")
+
+# vl-convert's bundle and fallback images depend only on the spec; cache them across
+# `mkdocs serve` rebuilds, which re-run the whole plugin.
+_BUNDLE_CACHE: dict[str, str] = {}
+_SVG_CACHE: dict[str, str | None] = {}
+
+
+class ForwardPassConfig(base.Config):
+    trace = c.Type(str, default="traces/smollm2-135m-instruct")
+    story_page = c.Type(str, default="index.md")
+    # Static images for readers without JavaScript; off speeds up a draft `mkdocs serve`.
+    fallback_images = c.Type(bool, default=True)
+
+
+class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
+    def on_config(self, config: MkDocsConfig) -> MkDocsConfig:
+        self.trace_path = resolve_trace_path(self.config.trace, config.config_file_path)
+        try:
+            self.trace: Trace = load_trace(self.trace_path)
+        except TraceError as error:
+            raise PluginError(f"forward-pass: cannot load trace: {error}") from None
+        self.panels = build_panel_map(self.trace)
+        log.info("forward-pass: %d panels from %s", len(self.panels), self.trace_path)
+        # Our CSS/JS are listed here, not in mkdocs.yml, so that they travel with the plugin.
+        config.extra_css.append(f"{ASSET_DIR}/forward-pass.css")
+        config.extra_javascript.append(f"{ASSET_DIR}/forward-pass.js")
+        return config
+
+    def on_files(self, files: Files, *, config: MkDocsConfig) -> Files:
+        assets = resources.files("tracegen") / "assets"
+        for name in ("forward-pass.css", "forward-pass.js"):
+            content = (assets / name).read_text(encoding="utf-8")
+            files.append(File.generated(config, f"{ASSET_DIR}/{name}", content=content))
+        files.append(File.generated(config, VEGA_BUNDLE, content=vega_bundle()))
+        # The trace's raw files, downloadable beside the pages that describe them.
+        for path in self.trace.files():
+            uri = f"{self.trace_uri}/{path.name}"
+            files.append(File.generated(config, uri, abs_src_path=str(path)))
+        self.fallbacks: dict[tuple[str, int], str] = {}
+        if self.config.fallback_images:
+            for panel in self.panels.values():
+                for index, chart in enumerate(panel.charts):
+                    svg = fallback_svg(chart.spec)
+                    if svg is None:
+                        continue
+                    uri = f"{ASSET_DIR}/fallback/{self.trace.model.slug}-{panel.key}-{index}.svg"
+                    files.append(File.generated(config, uri, content=svg))
+                    self.fallbacks[(panel.key, index)] = uri
+        return files
+
+    @property
+    def trace_uri(self) -> str:
+        return f"traces/{self.trace.model.slug}"
+
+    def on_page_markdown(self, markdown: str, *, page: Page, config: MkDocsConfig, files: Files):
+        if page.file.src_uri == self.config.story_page:
+            check_markers(markdown, self.panels)
+
+        def fill(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in FILLERS:
+                known = ", ".join(sorted(FILLERS))
+                raise PluginError(f"{page.file.src_uri}: unknown marker fp: {name} ({known})")
+            return FILLERS[name](self, page)
+
+        return FILL_MARKER.sub(fill, markdown)
+
+    def on_page_content(self, html_text: str, *, page: Page, config: MkDocsConfig, files: Files):
+        if page.file.src_uri != self.config.story_page:
+            return html_text
+        return self.wrap_rows(html_text, page)
+
+    def wrap_rows(self, html_text: str, page: Page) -> str:
+        """Pair each run of story paragraphs with the panel named by the marker after it."""
+        head, sep, story = html_text.partition(START_MARKER)
+        if not sep:
+            raise PluginError(f"{page.file.src_uri}: no {START_MARKER} marker before the story")
+        pieces = PANEL_MARKER.split(story)  # [text, key, text, key, ..., tail]
+        rows = []
+        for index in range(1, len(pieces), 2):
+            key, text = pieces[index], pieces[index - 1]
+            rows.append(
+                f'<div class="fp-row" id="row-{key}">\n'
+                f'<div class="fp-story">{text.strip()}</div>\n'
+                f"{self.render_panel(key, page)}\n</div>"
+            )
+        tail = pieces[-1]
+        return f'{head}<div class="fp-rows">\n{"".join(rows)}\n</div>{tail}'
+
+    def render_panel(self, key: str, page: Page) -> str:
+        panel = self.panels[key]
+        figures = []
+        for index, chart in enumerate(panel.charts):
+            # "$schema" is a URL the runtime never fetches; dropping it saves bytes per chart.
+            browser_spec = {k: v for k, v in chart.spec.items() if k != "$schema"}
+            try:  # NaN is not JSON: the browser's JSON.parse would reject the whole spec
+                spec = json.dumps(
+                    browser_spec, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+                )
+            except ValueError as error:
+                raise PluginError(f"forward-pass: panel {key} chart {index}: {error}") from None
+            renderer = (chart.spec.get("usermeta") or {}).get("renderer", "svg")
+            alt = html.escape(chart.alt)
+            fallback = ""
+            if (key, index) in self.fallbacks:
+                src = get_relative_url(self.fallbacks[(key, index)], page.url)
+                fallback = f'<noscript><img src="{src}" alt="{alt}" loading="lazy"></noscript>'
+            figures.append(
+                f'<figure class="fp-figure">'
+                f'<div class="fp-chart" role="img" aria-label="{alt}" '
+                f"data-renderer=\"{html.escape(renderer)}\" data-spec='{attr_single(spec)}'>"
+                # vega-embed relabels its host element, so it draws into this inner one.
+                f'<div class="fp-vega"></div></div>{fallback}'
+                f"<figcaption>{alt}</figcaption></figure>"
+            )
+        verdict = html.escape(panel.verdict)
+        slug = re.sub(r"[^a-z]+", "-", panel.verdict.lower()).strip("-")
+        return (
+            f'<aside class="fp-panel" id="panel-{key}" data-panel="{key}" tabindex="0" '
+            f'aria-labelledby="panel-{key}-q">'
+            f'<div class="fp-panel-head"><h2 class="fp-question" id="panel-{key}-q">'
+            f"{html.escape(panel.question)}</h2>"
+            f'<span class="fp-verdict fp-verdict--{slug}">{verdict}</span></div>'
+            f'{"".join(figures)}<div class="fp-caption">{panel.caption}</div></aside>'
+        )
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def resolve_trace_path(configured: str, config_file: str | None) -> Path:
+    """FORWARD_PASS_TRACE wins over the `trace` option; relative paths are from mkdocs.yml."""
+    raw = os.environ.get(TRACE_ENV) or configured
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        root = Path(config_file).parent if config_file else Path.cwd()
+        path = root / path
+    return path.resolve()
+
+
+def build_panel_map(trace: Trace) -> dict[str, Any]:
+    try:
+        from tracegen.panels import build_panels
+    except ImportError as error:
+        raise PluginError(f"forward-pass: tracegen.panels has no build_panels ({error})") from None
+    panels: dict[str, Any] = {}
+    for panel in build_panels(trace):
+        if panel.key in panels:
+            raise PluginError(f"forward-pass: build_panels returned panel {panel.key!r} twice")
+        panels[panel.key] = panel
+    return panels
+
+
+def check_markers(markdown: str, panels: dict[str, Any]) -> None:
+    """Every marker needs a panel and every panel a marker, each exactly once."""
+    keys = PANEL_MARKER.findall(markdown)
+    problems = []
+    if START_MARKER not in markdown:
+        problems.append(f"no {START_MARKER} marker")
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        problems.append(f"markers used twice: {', '.join(dupes)}")
+    if missing := [k for k in keys if k not in panels]:
+        problems.append(f"markers without a panel from build_panels: {', '.join(missing)}")
+    if unplaced := [k for k in panels if k not in keys]:
+        problems.append(f"panels without a <!-- panel: KEY --> marker: {', '.join(unplaced)}")
+    if problems:
+        raise PluginError("forward-pass: story page: " + "; ".join(problems))
+
+
+def attr_single(text: str) -> str:
+    """Escape for a single-quoted HTML attribute; JSON's many double quotes stay one byte."""
+    return text.replace("&", "&amp;").replace("'", "&#39;")
+
+
+def vega_bundle() -> str:
+    if "bundle" not in _BUNDLE_CACHE:
+        import vl_convert
+
+        _BUNDLE_CACHE["bundle"] = vl_convert.javascript_bundle()
+    return _BUNDLE_CACHE["bundle"]
+
+
+def fallback_svg(spec: dict[str, Any]) -> str | None:
+    """A static SVG of the chart for <noscript>, or None if vl-convert cannot render it."""
+    text = json.dumps(spec, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    if digest not in _SVG_CACHE:
+        import vl_convert
+
+        # "container" widths mean nothing without a page; give the static image a fixed one.
+        static = visible_controls(
+            {**spec, **({"width": 360} if spec.get("width") == "container" else {})}
+        )
+        try:
+            _SVG_CACHE[digest] = vl_convert.vegalite_to_svg(static)
+        except Exception as error:  # vl-convert raises plain ValueError with a long message
+            log.info("forward-pass: no fallback image (%s)", str(error).splitlines()[0])
+            _SVG_CACHE[digest] = None
+    return _SVG_CACHE[digest]
+
+
+def visible_controls(value: Any) -> Any:
+    """Control characters (byte-level tokens of small vocabularies) as their visible U+24xx
+    pictures: vl-convert aborts the whole process on them, and SVG cannot hold them."""
+    if isinstance(value, str):
+        return CONTROL_CHARS.sub(
+            lambda m: chr(0x2400 + ord(m.group())).replace("\u247f", "\u2421"), value
+        )
+    if isinstance(value, dict):
+        return {k: visible_controls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [visible_controls(v) for v in value]
+    return value
+
+
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def human_count(n: int) -> str:
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def human_bytes(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+# --- generated Markdown for <!-- fp: NAME --> markers ----------------------------------------
+
+
+def fill_model_line(plugin: ForwardPassPlugin, page: Page) -> str:
+    m, t = plugin.trace.model, plugin.trace
+    made = get_relative_url("made.md", page.file.src_uri)
+    return (
+        f"The panels beside each paragraph show what **{m.slug}** ({m.n_layers} layers, "
+        f"{m.n_heads} heads, {human_count(m.n_params)} parameters) computed on the story's own "
+        f"prompt of {t.n_prompt} tokens. [How this was made]({made})."
+    )
+
+
+def fill_model_card(plugin: ForwardPassPlugin, page: Page) -> str:
+    m = plugin.trace.model
+    rows = [
+        ("Model spec", f"`{m.spec}`"),
+        ("Source", f"`{m.source}`"),
+        ("Architecture", f"`{m.architecture}` (`{m.model_type}`)"),
+        ("Layers", m.n_layers),
+        ("Attention heads (query / key-value)", f"{m.n_heads} / {m.n_kv_heads}"),
+        ("Width d_model / d_head / d_mlp", f"{m.d_model} / {m.d_head} / {m.d_mlp}"),
+        ("Vocabulary", f"{m.vocab_size:,}"),
+        ("Parameters", f"{m.n_params:,}"),
+        ("Weights dtype", f"`{m.dtype}`"),
+        ("Max context", f"{m.max_context:,} tokens"),
+    ]
+    return table(("", ""), rows)
+
+
+def fill_provenance(plugin: ForwardPassPlugin, page: Page) -> str:
+    """The rest of the manifest, one table per section (token lists and the prompt text are
+    shown elsewhere; the vocabulary excerpt is only counted)."""
+    manifest = plugin.trace.manifest
+    card = set(ModelCard.__dataclass_fields__)
+    parts = []
+    for section in sorted(manifest):
+        value = manifest[section]
+        if section in PROVENANCE_SKIP or not isinstance(value, dict):
+            continue
+        rows: list[tuple[str, str]] = []
+        for key in sorted(value):
+            if (section, key) in PROVENANCE_SKIP_FIELDS or (section == "model" and key in card):
+                continue
+            flatten(f"{section}.{key}", value[key], rows)
+        if rows:
+            parts.append(f"### `{section}`\n\n" + table(("Field", "Value"), rows))
+    if isinstance(manifest.get("vocabulary"), dict):
+        parts.append(
+            f"The manifest also keeps the text of {len(manifest['vocabulary']):,} vocabulary "
+            "entries that the charts name (top-k predictions, watched tokens)."
+        )
+    return "\n\n".join(parts)
+
+
+PROVENANCE_SKIP = {"tokens", "vocabulary", "schema", "schema_version"}
+PROVENANCE_SKIP_FIELDS = {("prompt", "text")}
+
+
+def flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
+    """Nested manifest values as `a.b[0].c` rows; long lists are summarised, not dumped."""
+    if isinstance(value, dict):
+        for key in sorted(value):
+            flatten(f"{prefix}.{key}", value[key], rows)
+        return
+    if isinstance(value, list) and 0 < len(value) <= 4 and all(isinstance(v, dict) for v in value):
+        for index, item in enumerate(value):
+            flatten(f"{prefix}[{index}]", item, rows)
+        return
+    if isinstance(value, list) and len(value) > 8:
+        text = f"{len(value)} items: {json.dumps(value[:3], ensure_ascii=False)[:-1]}, …]"
+    else:
+        text = json.dumps(value, ensure_ascii=False)
+    if len(text) > 100:
+        text = text[:97] + "…"
+    rows.append((f"`{prefix}`", f"<code>{html.escape(text)}</code>"))
+
+
+def fill_prompt(plugin: ForwardPassPlugin, page: Page) -> str:
+    return "```text\n" + plugin.trace.prompt_text + "\n```"
+
+
+def fill_tokens(plugin: ForwardPassPlugin, page: Page) -> str:
+    t = plugin.trace
+    spans = []
+    prompt = zip(t.token_ids[: t.n_prompt], t.token_strings[: t.n_prompt], strict=True)
+    for index, (tid, text) in enumerate(prompt):
+        shown = visible_controls(text.replace(" ", "·").replace("\n", "↵").replace("\t", "⇥"))
+        title = html.escape(f"#{index} id {tid}: {json.dumps(text, ensure_ascii=False)}")
+        spans.append(f'<span class="fp-tok" title="{title}">{html.escape(shown)}</span>')
+    lead = (
+        f"The tokenizer splits the prompt into **{t.n_prompt} tokens** "
+        "(· is a space, ↵ a newline, ⇥ a tab; hover a token for its id):"
+    )
+    return f'{lead}\n\n<div class="fp-tokens">{"".join(spans)}</div>'
+
+
+def fill_downloads(plugin: ForwardPassPlugin, page: Page) -> str:
+    rows = []
+    total = 0
+    for path in plugin.trace.files():
+        size = path.stat().st_size
+        total += size
+        # Markdown links are relative to the source file; MkDocs rewrites them for the URL.
+        link = get_relative_url(f"{plugin.trace_uri}/{path.name}", page.file.src_uri)
+        rows.append((f"[`{path.name}`]({link})", human_bytes(size)))
+    rows.append(("**all files**", f"**{human_bytes(total)}**"))
+    return table(("File", "Size"), rows)
+
+
+def table(header: tuple[str, str], rows: list[tuple[Any, Any]]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines)
+
+
+FILLERS: dict[str, Callable[[ForwardPassPlugin, Page], str]] = {
+    "model-line": fill_model_line,
+    "model-card": fill_model_card,
+    "provenance": fill_provenance,
+    "prompt": fill_prompt,
+    "tokens": fill_tokens,
+    "downloads": fill_downloads,
+}
