@@ -28,9 +28,7 @@ sys.path.insert(0, str(REPO))  # the serving/chromium helpers live with the brow
 from tests.site_helpers import (  # noqa: E402
     build_site,
     launch_chromium,
-    panels_available,
     serve,
-    stand_in_build_panels,
 )
 
 BUDGETS = {  # name: (limit, unit)
@@ -57,13 +55,6 @@ RENDER_JS = """async () => {
   const failed = charts.filter(el => el.dataset.fpState === 'error').length;
   return {seconds: (performance.now() - start) / 1000, charts: charts.length, failed};
 }"""
-
-
-def build(site: Path, trace: Path | None, site_url: str) -> float:
-    if panels_available():
-        return build_site(site, trace, site_url=site_url)
-    with stand_in_build_panels():  # FP_STAND_IN_PANELS=1: the shell alone, before real panels
-        return build_site(site, trace, site_url=site_url)
 
 
 def chart_data_bytes(page: Path) -> tuple[int, int]:
@@ -105,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         site = args.site_dir or Path(tmp) / "site"
         with serve(site) as url:
-            seconds = build(site, args.trace, url)
+            seconds = build_site(site, args.trace, site_url=url)
             spec_bytes, n_charts = chart_data_bytes(site / "index.html")
             raw, zipped, render, errors = measure_page(url)
 

@@ -23,9 +23,7 @@ from tests.site_helpers import (
     SCROLL_ALL_JS,
     build_site,
     launch_chromium,
-    panels_available,
     serve,
-    stand_in_build_panels,
     story_lines,
 )
 
@@ -43,11 +41,7 @@ def served_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
     trace = Path(os.environ.get("FORWARD_PASS_TRACE") or DEFAULT_TRACE)
     assert (trace / "manifest.json").is_file(), f"no trace at {trace}"
     with serve(site) as url:
-        if panels_available():
-            build_site(site, trace, site_url=url)
-        else:  # until tracegen.panels.build_panels lands
-            with stand_in_build_panels():
-                build_site(site, trace, site_url=url)
+        build_site(site, trace, site_url=url)
         yield site, url
 
 

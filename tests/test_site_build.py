@@ -21,21 +21,10 @@ from tests.site_helpers import (
     PANEL_KEYS,
     REPO,
     build_site,
-    make_synthetic_trace,
-    panels_available,
-    stand_in_build_panels,
     story_lines,
 )
 from tracegen.mkdocs_plugin import check_markers, resolve_trace_path
 from tracegen.store import load_trace
-
-
-def build(site: Path, trace: Path | None, strict: bool = True) -> None:
-    if panels_available():
-        build_site(site, trace, strict=strict)
-    else:  # until tracegen.panels.build_panels lands
-        with stand_in_build_panels():
-            build_site(site, trace, strict=strict)
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +32,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The site from the committed trace (FORWARD_PASS_TRACE unset: the mkdocs.yml default)."""
     assert (DEFAULT_TRACE / "manifest.json").is_file(), f"no committed trace at {DEFAULT_TRACE}"
     out = tmp_path_factory.mktemp("site") / "site"
-    build(out, None)
+    build_site(out, None)
     return out
-
-
-@pytest.fixture(scope="module")
-def other_trace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second trace: the lead's tiny random Llama when tracing works here, else synthetic."""
-    try:
-        return Path(request.getfixturevalue("tiny_trace"))
-    except (pytest.FixtureLookupError, pytest.skip.Exception):
-        return make_synthetic_trace(tmp_path_factory.mktemp("other") / "synthetic", slug="synth")
 
 
 class Refs(HTMLParser):
@@ -163,10 +143,11 @@ def test_made_page_reads_the_manifest(site: Path) -> None:
         assert f"../traces/{m.slug}/{path.name}" in links
 
 
-def test_another_trace_changes_charts_and_captions(site: Path, other_trace: Path, tmp_path: Path):
+def test_another_trace_changes_charts_and_captions(site: Path, tiny_trace: Path, tmp_path: Path):
+    """The tiny random Llama's trace (tests/conftest.py) gives its own charts and captions."""
     other = tmp_path / "site"
-    build(other, other_trace)
-    slug = load_trace(other_trace).model.slug
+    build_site(other, tiny_trace)
+    slug = load_trace(tiny_trace).model.slug
     assert chart_specs(other / "index.html") != chart_specs(site / "index.html")
 
     def captions(page: Path) -> list[str]:
@@ -188,13 +169,11 @@ def test_missing_marker_fails_the_build(tmp_path: Path) -> None:
     index.write_text(index.read_text("utf-8").replace("<!-- panel: p3 -->", ""), "utf-8")
     shutil.copyfile(REPO / "mkdocs.yml", tmp_path / "mkdocs.yml")
     (tmp_path / "tracegen" / "assets").mkdir(parents=True)  # mkdocs.yml watches it
-    trace = make_synthetic_trace(tmp_path / "trace")
-    with stand_in_build_panels():
-        done = subprocess.run(
-            [str(Path(sys.executable).with_name("mkdocs")), "build", "-q", "-d", "out"],
-            cwd=tmp_path, capture_output=True, text=True,
-            env={**os.environ, "FORWARD_PASS_TRACE": str(trace)},
-        )  # fmt: skip
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("mkdocs")), "build", "-q", "-d", "out"],
+        cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "FORWARD_PASS_TRACE": str(DEFAULT_TRACE)},
+    )  # fmt: skip
     assert done.returncode != 0
     assert "panels without a <!-- panel: KEY --> marker: p3" in done.stdout + done.stderr
 
