@@ -281,3 +281,49 @@ def test_static_images_without_javascript(base_url, browser):
         image.scroll_into_view_if_needed()
         image.evaluate("img => img.decode()")  # lazy images load once near the viewport
         assert image.evaluate("img => img.naturalWidth") > 0
+
+
+# WCAG 2 contrast of each text element's colour, blended over the first opaque background
+# behind it. Panel text is small, so the bar is 4.5:1 (AA for normal text).
+CONTRAST_JS = """
+sel => {
+  const rgba = s => {
+    const m = s.match(/[\\d.]+/g).map(Number);
+    return m.length === 3 ? [...m, 1] : m;
+  };
+  const channel = c => {
+    c /= 255;
+    return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  };
+  const lum = ([r, g, b]) => 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  const background = el => {
+    for (; el; el = el.parentElement) {
+      const c = rgba(getComputedStyle(el).backgroundColor);
+      if (c[3] === 1) return c;
+    }
+    return [255, 255, 255, 1];
+  };
+  return [...document.querySelectorAll(sel)].filter(el => el.textContent.trim()).map(el => {
+    const fg = rgba(getComputedStyle(el).color), bg = background(el);
+    const mixed = fg.slice(0, 3).map((c, i) => c * fg[3] + bg[i] * (1 - fg[3]));
+    const [hi, lo] = [lum(mixed), lum(bg)].sort((a, b) => b - a);
+    return {text: el.textContent.trim().slice(0, 40), ratio: (hi + 0.05) / (lo + 0.05)};
+  });
+}
+"""
+TEXT_IN_PANELS = (
+    ".fp-question, .fp-verdict, .fp-figure figcaption, .fp-caption li, .fp-caption p, "
+    ".fp-subtitle, .fp-byline, .fp-story p"
+)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_contrast_in_both_themes(browser, base_url, scheme):
+    watched = open_page(browser, base_url, WIDE)
+    page = watched.page
+    if scheme == "dark":
+        toggle_palette(page)
+    measured = page.evaluate(CONTRAST_JS, TEXT_IN_PANELS)
+    assert len(measured) > 50
+    low = [m for m in measured if m["ratio"] < 4.5]
+    assert low == [], f"text below 4.5:1 contrast in {scheme}: {low[:5]}"

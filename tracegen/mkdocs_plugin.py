@@ -304,7 +304,7 @@ def fill_model_card(plugin: ForwardPassPlugin, page: Page) -> str:
         ("Weights dtype", f"`{m.dtype}`"),
         ("Max context", f"{m.max_context:,} tokens"),
     ]
-    return table(("", ""), rows)
+    return table(("Property", "Value"), rows)
 
 
 def fill_provenance(plugin: ForwardPassPlugin, page: Page) -> str:
