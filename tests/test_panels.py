@@ -10,6 +10,7 @@ what was planted. The byte budget runs on the committed trace of the real model.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,123 @@ def test_interactive_controls(panels):
     params = [p for view in [spec6, *marks(spec6)] for p in view.get("params", [])]
     picks = [p for p in params if p["name"] == "pick"]
     assert picks and picks[0]["select"]["type"] == "point" and picks[0]["select"]["fields"] == ["p"]
+
+
+# --- chart shapes that screenshots caught ------------------------------------------------------
+
+
+def _views(spec: Any, mark: str) -> list[dict]:
+    return [
+        view
+        for view in marks(spec)
+        if (view["mark"] if isinstance(view["mark"], str) else view["mark"]["type"]) == mark
+    ]
+
+
+def test_log_scaled_bars_are_drawn_from_one(synthetic, panels):
+    """A log scale has no zero: bars anchored at 0 render with width 0 (the intro's bars were
+    empty). Rendered, every bar has a width, and bars start at 1, so on the log scale the
+    widths of two bars are in the ratio of the logs of their values."""
+    import vl_convert
+
+    from tracegen.panels.common import GPT3_LAYERS, GPT3_PARAMS
+
+    svg = vl_convert.vegalite_to_svg(panels["intro"].charts[0].spec)
+    bars = re.findall(
+        r'aria-label="[^"]*model: ([^;"]+)[^"]*"[^>]*'
+        r'aria-roledescription="bar" d="M[-\d.e]+,[-\d.e]+h([-\d.e]+)',
+        svg,
+    )
+    assert len(bars) == 4 and all(float(w) > 1 for _, w in bars), bars
+    # facet rows in order (layers, parameters), each with this model's bar and GPT-3's
+    width = {(model, what): float(w) for (model, w), what in zip(bars, [0, 0, 1, 1], strict=True)}
+    card = synthetic.model
+    for what, ours, theirs in ((0, card.n_layers, GPT3_LAYERS), (1, card.n_params, GPT3_PARAMS)):
+        ratio = width[(card.slug, what)] / width[("GPT-3 (the story)", what)]
+        assert ratio == pytest.approx(math.log(ours) / math.log(theirs), rel=1e-3), what
+
+
+def test_lens_table_is_readable_and_from_the_trace(synthetic, panels):
+    """p1's "what each depth would predict": one row per depth, the lens's top 3 at the last
+    prompt position as upright text on cells coloured by probability, the story's depth
+    marked; the tokens and probabilities are the trace's."""
+    from tracegen.panels.common import answer_position, show_token, story_depth, vocabulary
+
+    spec = panels["p1"].charts[0].spec
+    assert not [
+        v for v in _views(spec, "text") if isinstance(v["mark"], dict) and "angle" in v["mark"]
+    ]
+    text_of = vocabulary(synthetic)
+    position = answer_position(synthetic)
+    ids = synthetic.derived("lens_topk_ids")[:, position, :3]
+    probs = synthetic.derived("lens_topk_probs")[:, position, :3]
+
+    def find(node: Any) -> dict | None:  # the table's one row of depth-major arrays
+        if isinstance(node, dict):
+            first = (node.get("values") or [None])[0]
+            if isinstance(first, dict) and set(first) == {"t", "q"}:
+                return first
+            return next((f for f in map(find, node.values()) if f is not None), None)
+        if isinstance(node, list):
+            return next((f for f in map(find, node) if f is not None), None)
+        return None
+
+    table = find(spec)
+    assert table is not None
+    assert table["t"] == [show_token(text_of(i)) for i in ids.ravel()]
+    assert table["q"] == pytest.approx(probs.ravel(), abs=1e-3)
+    cells = [v for v in _views(spec, "rect") if v["encoding"].get("color", {}).get("field") == "q"]
+    assert cells and cells[0]["encoding"]["color"]["scale"]["scheme"] == "viridis"
+    assert cells[0]["encoding"]["y"]["field"] == "d"  # one row per depth
+    words = [v for v in _views(spec, "text") if v["encoding"].get("text", {}).get("field") == "t"]
+    assert words and "condition" in words[0]["encoding"]["color"]  # ink follows the cell
+    assert spec["datasets"]["story"][0]["d"] == story_depth(synthetic.n_layers)[1]
+    story_views = [v for v in marks(spec) if v.get("data", {}).get("name") == "story"]
+    assert len(story_views) >= 4  # two rules over depth, and the fenced, named table row
+
+
+def _line_rows(node: Any) -> list[dict]:
+    """The inline data rows (one per word, with its emphasis flag `e`) of p8's line layer."""
+    if isinstance(node, dict):
+        values = (node.get("data") or {}).get("values")
+        if values and isinstance(values[0], dict) and "e" in values[0]:
+            return values
+        node = list(node.values())
+    if isinstance(node, list):
+        for child in node:
+            if rows := _line_rows(child):
+                return rows
+    return []
+
+
+@pytest.mark.parametrize("which", ["synthetic", "synthetic_other"])
+def test_count_words_are_told_apart(which, request):
+    """p8's count words over depth: a categorical palette (no sequential scheme), one colour
+    per word, and the narrator's bet and the model's choice first and drawn heavier."""
+    from tracegen.panels import build_panels
+    from tracegen.panels.common import count_position, count_tokens, show_token
+
+    trace = request.getfixturevalue(which)
+    panel = {p.key: p for p in build_panels(trace)}["p8"]
+    lines = _views(panel.charts[1].spec, "line")
+    assert lines
+    encoding = lines[0]["encoding"]
+    colour = encoding["color"]["scale"]
+    assert "scheme" not in colour
+    domain, colours = colour["domain"], colour["range"]
+    assert len(set(colours)) == len(colours) == len(domain)
+    assert sorted(name.split(" (")[0] for name in domain) == sorted(
+        show_token(text) for _, _, text in count_tokens(trace)
+    )
+    chosen = show_token(trace.generated_strings[count_position(trace).step])
+    leading = ["␣two"] if chosen == "␣two" else ["␣two", chosen]
+    assert [name.split(" (")[0] for name in domain[: len(leading)]] == leading
+    assert "the bet" in domain[0] and "chosen" in domain[len(leading) - 1]
+    width = encoding["strokeWidth"]  # heavier where the row is emphasised (the bet, the choice)
+    assert width["condition"]["test"] == "datum.e"
+    assert width["condition"]["value"] > width["value"]
+    emphasised = [row["w"] for row in _line_rows(panel.charts[1].spec) if row["e"]]
+    assert [name.split(" (")[0] for name in emphasised] == leading
 
 
 # --- numbers come from the trace ----------------------------------------------------------------

@@ -69,8 +69,10 @@ class Watched:
     def __init__(self, page: Page, base_url: str):
         self.page = page
         self.errors: list[str] = []
+        self.warnings: list[str] = []
         self.foreign: list[str] = []
         page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("console", lambda m: m.type == "warning" and self.warnings.append(m.text))
         page.on("pageerror", lambda e: self.errors.append(str(e)))
 
         def on_request(request: Any) -> None:
@@ -144,6 +146,9 @@ def test_every_panel_renders_without_errors_or_foreign_requests(browser, base_ur
     assert_drawn(render_all(watched.page))
     screenshot(watched.page, "wide-light")
     watched.check_clean()
+    # Vega reports specs it has to repair (log scales with zero, odd scales) as "WARN ...".
+    vega_warnings = [text for text in watched.warnings if text.startswith("WARN")]
+    assert vega_warnings == [], f"Vega warnings: {vega_warnings}"
 
 
 def test_dark_mode_rerenders_charts(browser, base_url):

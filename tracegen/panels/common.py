@@ -42,6 +42,18 @@ CONTEXT = "context"
 WIDTH = 440
 SEQUENTIAL = "viridis"  # perceptually uniform and colour-blind safe
 DIVERGING = "blueorange"
+# Categories (words, models) get the Okabe-Ito palette, colour-blind safe, with grey for its
+# black so that every colour reads on the light and the dark page; yellow, faint on white, last.
+CATEGORICAL = [
+    "#D55E00",  # vermillion
+    "#0072B2",  # blue
+    "#E69F00",  # orange
+    "#009E73",  # bluish green
+    "#CC79A7",  # reddish purple
+    "#56B4E9",  # sky blue
+    "#999999",  # grey
+    "#F0E442",  # yellow
+]
 # Dense marks (hundreds to thousands of cells) draw faster on a canvas; the site reads this.
 CANVAS = {"renderer": "canvas"}
 
@@ -405,6 +417,13 @@ def indexed(
     window = {"groupby": list(groupby)} if groupby else {}
     chart = chart.transform_window(_n="row_number()", **window)
     return chart.transform_calculate(**{index: f"datum._n - 1 + {start}"})
+
+
+def cell_ink(field: str, threshold: float = 0.55) -> Any:
+    """Text colour for a label on a viridis cell whose value (domain 0..1) is `field`: black on
+    the light (yellow-green) end, white on the dark end. The cell's colour decides it, not the
+    page theme."""
+    return alt.condition(f"datum.{field} > {threshold}", alt.value("#000000"), alt.value("#ffffff"))
 
 
 def depth_axis(n_layers: int, title: str = "depth (0 = embeddings)") -> alt.Axis:

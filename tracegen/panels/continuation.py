@@ -4,6 +4,7 @@ the greedy continuation step by step, and the bet read through the lens at every
 from __future__ import annotations
 
 import html
+from typing import Any
 
 import altair as alt
 import numpy as np
@@ -13,6 +14,7 @@ from . import Panel
 from .common import (
     BORNE_OUT,
     CANVAS,
+    CATEGORICAL,
     MIXED,
     NOT_BORNE_OUT,
     SEQUENTIAL,
@@ -20,7 +22,9 @@ from .common import (
     WIDTH,
     answer_position,
     caption,
+    cell_ink,
     count_position,
+    count_tokens,
     depth_axis,
     fmt_pct,
     rounded,
@@ -34,6 +38,7 @@ from .common import (
 
 FIRST_WORD = "foot"  # what the narrator says the decoder sampled
 BET_WORD = "two"  # the narrator's bet
+ROLE_NAMES = {"bet": "the bet", "chosen": "chosen", "bet & chosen": "the bet, chosen"}
 
 
 def depth_ranges(depths: list[int]) -> str:
@@ -103,7 +108,7 @@ def build(trace: Trace) -> Panel:
         y=y,
         text="t:N",
         tooltip=tooltip,
-        color=alt.condition("datum.q > 0.55", alt.value("#000000"), alt.value("#ffffff")),
+        color=cell_ink("q"),
     )
     table = (
         alt.layer(cells, words)
@@ -115,34 +120,70 @@ def build(trace: Trace) -> Panel:
         .properties(usermeta=CANVAS)
     )
 
-    # Chart 2: the watched words over depth where the count is due.
+    # Chart 2: the count words over depth where the count is due. The narrator's bet and the
+    # model's choice there come first, in solid heavy lines; the others are dashed.
     watched_probs = trace.derived("watched_probs")[:, count.position]  # [L+1, W]
+    bet_ids = [int(e["id"]) for e in trace.watched if str(e["text"]).strip().lower() == BET_WORD]
+    chosen_id = trace.generated_ids[count.step] if count.step < len(trace.generated_ids) else None
+    shown = [w for w, _, _ in count_tokens(trace)] or list(range(len(trace.watched)))
+    roles = {}
+    for w, entry in enumerate(trace.watched):
+        token_id = int(entry["id"])
+        role = [
+            name
+            for name, hit in (("bet", token_id in bet_ids), ("chosen", token_id == chosen_id))
+            if hit
+        ]
+        if role or w in shown:
+            roles[w] = " & ".join(role) or "other"
+    order = sorted(roles, key=lambda w: (roles[w] == "other", "chosen" in roles[w], w))
     depth_rows = [
-        {"w": show_token(str(entry["text"])), "v": sig(watched_probs[:, w], 3)}
-        for w, entry in enumerate(trace.watched)
+        {
+            "w": show_token(str(trace.watched[w]["text"]))
+            + ("" if roles[w] == "other" else f" ({ROLE_NAMES[roles[w]]})"),
+            "e": int(roles[w] != "other"),
+            "v": sig(watched_probs[:, w], 3),
+        }
+        for w in order
     ]
     three_quarters = [{"d": THREE_QUARTERS * n_layers, "what": "three quarters (the story)"}]
-    lines = (
-        alt.Chart(alt.Data(values=depth_rows))
+    names = [row["w"] for row in depth_rows]
+    emphasised = [row["e"] for row in depth_rows]
+
+    def by_word(values: list[Any]) -> alt.Scale:  # ordinal: one value per word, as listed
+        return alt.Scale(type="ordinal", domain=names, range=values)
+
+    # Colour and dash follow the word, so the legend shows each line as drawn.
+    encoding = dict(
+        x=alt.X("d:Q", axis=depth_axis(n_layers)),
+        y=alt.Y("v:Q", title="probability", axis=alt.Axis(format="%")),
+        color=alt.Color(
+            "w:N",
+            title=None,
+            scale=by_word([CATEGORICAL[i % len(CATEGORICAL)] for i in range(len(names))]),
+            legend=alt.Legend(orient="right", symbolType="stroke", symbolSize=300),
+        ),
+        strokeDash=alt.StrokeDash(
+            "w:N", title=None, scale=by_word([[1, 0] if e else [4, 3] for e in emphasised])
+        ),
+        # Width by condition, not by scale: Vega-Lite warns about width scales on names.
+        strokeWidth=alt.condition("datum.e", alt.value(3), alt.value(1.5)),
+        tooltip=[
+            alt.Tooltip("w:N", title="token"),
+            alt.Tooltip("d:Q", title="depth"),
+            alt.Tooltip("v:Q", title="probability", format=".2%"),
+        ],
+    )
+    line = alt.Chart().mark_line(point=alt.OverlayMarkDef(size=24)).encode(**encoding)
+    lines = (  # the others first, so that the bet and the choice are drawn over them
+        alt.layer(
+            line.transform_filter("!datum.e"),
+            line.transform_filter("datum.e"),
+            data=alt.Data(values=depth_rows),
+        )
         .transform_flatten(["v"])
         .transform_window(_n="row_number()", groupby=["w"])
         .transform_calculate(d="datum._n - 1")
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("d:Q", axis=depth_axis(n_layers)),
-            y=alt.Y("v:Q", title="probability", axis=alt.Axis(format="%")),
-            color=alt.Color(
-                "w:N",
-                title=None,
-                scale=alt.Scale(scheme=SEQUENTIAL),
-                legend=alt.Legend(orient="right"),
-            ),
-            tooltip=[
-                alt.Tooltip("w:N", title="token"),
-                alt.Tooltip("d:Q", title="depth"),
-                alt.Tooltip("v:Q", title="probability", format=".2%"),
-            ],
-        )
     )
     rule = (
         alt.Chart(alt.Data(values=three_quarters))
@@ -160,7 +201,6 @@ def build(trace: Trace) -> Panel:
 
     first = generated[0] if generated else ""
     foot_won = first.strip().lower() == FIRST_WORD
-    bet_ids = [int(e["id"]) for e in trace.watched if str(e["text"]).strip().lower() == BET_WORD]
     chosen = generated[count.step] if count.step < len(generated) else ""
     two_won = chosen.strip().lower() == BET_WORD
     led = (

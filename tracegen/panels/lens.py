@@ -19,6 +19,7 @@ from .common import (
     WIDTH,
     answer_position,
     caption,
+    cell_ink,
     count_position,
     depth_axis,
     fmt_num,
@@ -128,7 +129,7 @@ def build(trace: Trace) -> Panel:
         y=y,
         text="t:N",
         tooltip=tooltip,
-        color=alt.condition("datum.fp > 0.55", alt.value("#000000"), alt.value("#ffffff")),
+        color=cell_ink("fp"),
     )
     grid = alt.layer(cells, words).properties(
         width=WIDTH,

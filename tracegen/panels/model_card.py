@@ -9,6 +9,7 @@ import altair as alt
 from ..store import Trace
 from . import Panel
 from .common import (
+    CATEGORICAL,
     CONTEXT,
     GPT3_LAYERS,
     GPT3_PARAMS,
@@ -26,26 +27,62 @@ def build(trace: Trace) -> Panel:
     card = trace.model
     depth_ratio = GPT3_LAYERS / max(card.n_layers, 1)
     size_ratio = GPT3_PARAMS / max(card.n_params, 1)
+    gpt3 = "GPT-3 (the story)"
     rows = [
-        {"model": card.slug, "what": "layers", "value": card.n_layers},
-        {"model": "GPT-3 (the story)", "what": "layers", "value": GPT3_LAYERS},
-        {"model": card.slug, "what": "parameters", "value": card.n_params},
-        {"model": "GPT-3 (the story)", "what": "parameters", "value": GPT3_PARAMS},
+        {"model": model, "what": what, "value": value, "label": fmt_count(value)}
+        for what, ours, theirs in (
+            ("layers", card.n_layers, GPT3_LAYERS),
+            ("parameters", card.n_params, GPT3_PARAMS),
+        )
+        for model, value in ((card.slug, ours), (gpt3, theirs))
     ]
-    tooltip = [alt.Tooltip("model:N"), alt.Tooltip("value:Q", format=",.0f", title="count")]
+    tooltip = [
+        alt.Tooltip("model:N"),
+        alt.Tooltip("what:N", title="what"),
+        alt.Tooltip("value:Q", format=",.0f", title="count"),
+    ]
+    # A log scale has no zero: bars start at 1 (one layer, one parameter) and the domain with
+    # them. A domain that includes 0 gives a log scale nothing to draw (bars of width 0).
+    x = alt.X(
+        "value:Q",
+        title=None,
+        scale=alt.Scale(type="log", domainMin=1),
+        # SI prefixes, but billions as B (a reader takes "G" for a unit)
+        axis=alt.Axis(format="~s", labelExpr="replace(datum.label, 'G', 'B')", tickCount=6),
+    )
+    y = alt.Y("model:N", title=None, sort=[card.slug, gpt3])
     bars = (
-        alt.Chart(alt.Data(values=rows))
+        alt.Chart()
         .mark_bar()
         .encode(
-            x=alt.X("value:Q", title=None, scale=alt.Scale(type="log")),
-            x2=alt.value(0),  # bars from the left edge: a log scale has no zero to start from
-            y=alt.Y("model:N", title=None, sort=[card.slug]),
-            color=alt.Color("model:N", scale=alt.Scale(scheme="viridis"), legend=None),
+            x=x,
+            x2=alt.datum(1),
+            y=y,
+            color=alt.Color(
+                "model:N",
+                scale=alt.Scale(domain=[card.slug, gpt3], range=CATEGORICAL[1:3]),
+                legend=None,
+            ),
+            tooltip=tooltip,
+        )
+    )
+    # The count written inside the end of each bar, in the ink its fill needs.
+    labels = (
+        alt.Chart()
+        .mark_text(align="right", dx=-4, fontSize=11)
+        .encode(
+            x=x,
+            y=y,
+            text="label:N",
+            color=alt.condition(
+                alt.datum.model == card.slug, alt.value("#ffffff"), alt.value("#000000")
+            ),
             tooltip=tooltip,
         )
     )
     chart = (
-        bars.properties(width=WIDTH, height=40)
+        alt.layer(bars, labels, data=alt.Data(values=rows))
+        .properties(width=WIDTH, height=40)
         .facet(
             row=alt.Row("what:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left"))
         )

@@ -21,10 +21,12 @@ from .common import (
     BORNE_OUT,
     GPT3_LAYERS,
     MIXED,
+    SEQUENTIAL,
     STORY_LAYER,
     WIDTH,
     answer_position,
     caption,
+    cell_ink,
     columns,
     depth_axis,
     fmt_num,
@@ -70,6 +72,80 @@ def same_token_agreement(token_ids: list[int], top1: np.ndarray) -> np.ndarray:
             equal += int((counts * (counts - 1) // 2).sum())
         agreement[depth] = equal / total_pairs
     return agreement
+
+
+# The lens table shows this many of each depth's top tokens.
+TABLE_RANKS = 3
+ROW_PX = 13
+
+
+def lens_table(trace: Trace, position: int) -> alt.LayerChart:
+    """One row per depth (embeddings at the bottom, as in p6), one column per rank: the lens's
+    top tokens at `position`, each cell coloured by its probability. The rows at the story's
+    depth (the "story" dataset) are fenced by dashed rules and named on the right."""
+    n_layers = trace.n_layers
+    text_of = vocabulary(trace)
+    k = max(1, min(TABLE_RANKS, trace.top_k))
+    ids = trace.derived("lens_topk_ids")[:, position, :k]  # [L+1, k]
+    probs = trace.derived("lens_topk_probs")[:, position, :k]
+    # One row of depth-major arrays; `i` numbers the cells, so depth = i // k, rank = i % k.
+    data = columns(t=[show_token(text_of(i)) for i in ids.ravel()], q=rounded(probs.ravel(), 3))
+    tooltip = [
+        alt.Tooltip("d:O", title="depth"),
+        alt.Tooltip("r:O", title="rank"),
+        alt.Tooltip("t:N", title="token"),
+        alt.Tooltip("q:Q", title="probability", format=".1%"),
+    ]
+    width = min(WIDTH - 120, 110 * k)
+    x = alt.X("r:O", title="lens rank", axis=alt.Axis(orient="top", labelAngle=0))
+    y = alt.Y("d:O", title="depth (0 = embeddings)", sort="descending")
+    rects = (
+        alt.Chart()
+        .mark_rect()
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color(
+                "q:Q",
+                title="probability",
+                legend=alt.Legend(
+                    format="%", orient="bottom", titleOrient="left", gradientLength=width - 80
+                ),
+                scale=alt.Scale(scheme=SEQUENTIAL, domain=[0, 1]),
+            ),
+            tooltip=tooltip,
+        )
+    )
+    words = (
+        alt.Chart()
+        .mark_text(fontSize=10, limit=width // k - 6)
+        .encode(x=x, y=y, text="t:N", color=cell_ink("q"), tooltip=tooltip)
+    )
+    story = alt.Chart(alt.NamedData("story"))
+    story_tooltip = [
+        alt.Tooltip("label:N", title="the story"),
+        alt.Tooltip("d:Q", title="depth here"),
+    ]
+    fence = [
+        story.mark_rule(strokeDash=[4, 3], yOffset=offset).encode(
+            y=alt.Y("d:O", sort="descending"), tooltip=story_tooltip
+        )
+        for offset in (-ROW_PX / 2, ROW_PX / 2)
+    ]
+    name = story.mark_text(align="left", dx=6, fontSize=10).encode(
+        x=alt.value(width),
+        y=alt.Y("d:O", sort="descending"),
+        text="label:N",
+        tooltip=story_tooltip,
+    )
+    table = indexed(alt.layer(rects, words, data=data), ["t", "q"]).transform_calculate(
+        d=f"floor(datum.i / {k})", r=f"datum.i % {k} + 1"
+    )
+    return alt.layer(table, *fence, name).properties(
+        width=width,
+        height=ROW_PX * (n_layers + 1),
+        title=f"What each depth would predict: the lens's top {k}",
+    )
 
 
 def build(trace: Trace) -> Panel:
@@ -128,24 +204,15 @@ def build(trace: Trace) -> Panel:
     entropy_line = base.mark_line(point=True).encode(
         x=x, y=alt.Y("entropy:Q", title="lens entropy (nats)"), tooltip=tooltip
     )
-    words = base.mark_text(angle=270, align="left", fontSize=9).encode(
-        x=x,
-        y=alt.value(56),
-        text="top:N",
-        opacity=alt.Opacity("p:Q", scale=alt.Scale(domain=[0, 1], range=[0.35, 1]), legend=None),
-        tooltip=tooltip,
-    )
     size = {"width": WIDTH, "height": 110}
     over_depth = alt.vconcat(
         alt.layer(norm_line, story_rule).properties(
             **size, title="Residual norm at the last position"
         ),
         alt.layer(entropy_line, story_rule).properties(**size, title="Logit-lens entropy"),
-        alt.layer(words, story_rule).properties(
-            width=WIDTH, height=60, title="What each depth would predict"
-        ),
+        lens_table(trace, position),
         datasets={"depths": [depths], "story": story},
-    )
+    ).resolve_legend(color="independent")  # the table's legend beside the table
 
     # Chart 2: context-independence (bigram-likeness) and agreement with the output.
     ngram = columns(same=rounded(agreement, 3), final=rounded(matches_final, 3))
