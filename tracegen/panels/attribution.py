@@ -15,6 +15,7 @@ from ..store import Trace
 from . import Panel
 from .common import (
     BORNE_OUT,
+    CATEGORICAL,
     CONTEXT,
     MIXED,
     THREE_QUARTERS,
@@ -79,7 +80,7 @@ def build(trace: Trace) -> Panel:
                 "k:N",
                 title=None,
                 sort=KIND_ORDER,
-                scale=alt.Scale(domain=KIND_ORDER, scheme="viridis"),
+                scale=alt.Scale(domain=KIND_ORDER, range=CATEGORICAL[: len(KIND_ORDER)]),
                 legend=alt.Legend(orient="bottom"),
             ),
             tooltip=[

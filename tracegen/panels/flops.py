@@ -8,6 +8,7 @@ import numpy as np
 from ..store import Trace
 from . import Panel
 from .common import (
+    CATEGORICAL,
     CONTEXT,
     THREE_QUARTERS,
     WIDTH,
@@ -71,7 +72,7 @@ def build(trace: Trace) -> Panel:
         "y": alt.Y("sum(f):Q", title="FLOPs", axis=alt.Axis(format="~s")),
         "color": alt.Color(
             "component:N",
-            scale=alt.Scale(scheme="viridis"),
+            scale=alt.Scale(range=CATEGORICAL),
             legend=alt.Legend(orient="bottom", title=None, columns=2),
         ),
         "tooltip": [
