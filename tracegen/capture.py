@@ -202,7 +202,7 @@ class Tracer:
             # The last generated token is never fed: its pass would predict past the end.
             self._recorded_pass([next_id], **{cache_argument: self.cache})
 
-    def time_prompt_pass(self, repeats: int = 3) -> None:
+    def time_prompt_pass(self, repeats: int = 5) -> None:
         """The prompt pass again, with hooks that only read the clock. Its logits must match
         the recorded pass exactly; the largest difference is the determinism check."""
         synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)

@@ -6,6 +6,7 @@ Every failure the user can cause ends in one line on stderr and a non-zero exit 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -92,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "info":
-            print(info_text(args.path, args.top))
+            try:
+                print(info_text(args.path, args.top))
+            except BrokenPipeError:  # `tracegen info ... | head` closed the pipe: not an error
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         from .models import ModelError
         from .runner import RunError, run

@@ -158,7 +158,7 @@ def run(
         bar.close()
         stages.say(f"[steps] {len(shown)} generated: {''.join(shown)!r} ({tracer.stop_reason})")
 
-    with stages.stage("timing", "the prompt pass again, three times, clock only"):
+    with stages.stage("timing", "the prompt pass again, five times, clock only"):
         tracer.time_prompt_pass()
     traced = tracer.result()
 
