@@ -24,6 +24,14 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def run_in_process(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`tracegen ARGS` in a fresh process: huggingface_hub reads HF_HUB_* when imported."""
+    return subprocess.run(
+        [sys.executable, "-m", "tracegen.cli", *args],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=300,
+    )  # fmt: skip
+
+
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     """Progress lines may come first; the failure itself is one line, last, no traceback."""
     assert code == cli.EXIT_ERROR
@@ -70,21 +78,9 @@ def test_unknown_model_spec(capsys, tmp_path):
 
 def test_unreachable_hub_id(tmp_path):
     # huggingface_hub reads HF_HUB_OFFLINE when imported, so this runs in a fresh process.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tracegen.cli",
-            "run",
-            "--model",
-            "nobody/no-such-model",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=120,
+    result = run_in_process(
+        ["run", "--model", "nobody/no-such-model", "--out", str(tmp_path / "x")],
+        {"HF_HUB_OFFLINE": "1"},
     )
     assert_one_line_error(
         result.returncode, result.stderr, "cannot load model", "nobody/no-such-model"
@@ -236,25 +232,9 @@ def test_hub_id_loads_from_the_hub_cache(tiny_model_dir, tmp_path):
     (repo_cache / "refs").mkdir()
     (repo_cache / "refs" / "main").write_text(commit)
     out = tmp_path / "trace"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tracegen.cli",
-            "run",
-            "--model",
-            "tiny-org/tiny-llama",
-            "--out",
-            str(out),
-            "--steps",
-            "1",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    result = run_in_process(
+        ["run", "--model", "tiny-org/tiny-llama", "--out", str(out), "--steps", "1", "--quiet"],
+        {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")},
     )
     assert result.returncode == 0, result.stderr
     model = load_trace(out).manifest["model"]
