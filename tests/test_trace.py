@@ -26,16 +26,24 @@ def traced(request, tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def own_outputs(traced):
-    """The model's own probabilities and logits over the traced tokens, without the cache,
-    computed here independently of tracegen."""
+def full_pass(traced):
+    """One pass over all traced tokens without the cache, computed here independently of
+    tracegen: (probabilities [N, V], logits [N, V], attention per layer [H, N, N])."""
     from transformers import AutoModelForCausalLM
 
     trace, folder = traced
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     with torch.no_grad():
-        logits = model(torch.tensor([trace.token_ids])).logits[0].double()
-    return logits.softmax(-1).numpy(), logits.numpy()
+        outputs = model(torch.tensor([trace.token_ids]), output_attentions=True)
+    logits = outputs.logits[0].double()
+    attentions = [layer[0].numpy() for layer in outputs.attentions]
+    return logits.softmax(-1).numpy(), logits.numpy(), attentions
+
+
+@pytest.fixture(scope="module")
+def own_outputs(full_pass):
+    """The model's own probabilities and logits over the traced tokens."""
+    return full_pass[:2]
 
 
 def test_shapes(traced):
@@ -66,6 +74,16 @@ def test_attention_rows_sum_to_one_and_are_causal(traced):
         probs = trace.layer(index, "attn_probs")
         np.testing.assert_allclose(probs.sum(-1), 1.0, atol=2e-3)  # float16 storage
         assert np.all(np.triu(probs, k=1) == 0)
+
+
+def test_attention_matches_a_pass_without_the_cache(traced, full_pass):
+    """Rows from the greedy steps (KV cache on, a sliding window for Gemma 3) sit on the same
+    keys as in one pass over the whole sequence."""
+    trace, _ = traced
+    for index, expected in enumerate(full_pass[2]):
+        np.testing.assert_allclose(
+            trace.layer(index, "attn_probs"), expected, atol=2e-3, err_msg=f"layer {index}"
+        )
 
 
 def test_residual_decomposes(traced):

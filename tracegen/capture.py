@@ -251,14 +251,20 @@ class Tracer:
 
 
 def _full_attention(per_pass: list[torch.Tensor], n_positions: int) -> torch.Tensor:
-    """Rows of each pass ([H, rows, keys]) placed into one causal [H, N, N] matrix."""
+    """Rows of each pass ([H, rows, keys]) placed into one causal [H, N, N] matrix.
+
+    A pass's keys end at its own last position. Usually they start at 0; a sliding-window
+    cache (Mistral, Gemma 2/3) keeps only the most recent keys, which is why the rows are
+    aligned at their end.
+    """
     heads = per_pass[0].shape[0]
     full = torch.zeros(heads, n_positions, n_positions)
     row = 0
     for probs in per_pass:
         rows, keys = probs.shape[1], probs.shape[2]
-        full[:, row : row + rows, :keys] = probs
-        row += rows
+        end = row + rows
+        full[:, row:end, end - keys : end] = probs
+        row = end
     return full
 
 
