@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tracegen import cli, load_trace, store
@@ -212,15 +213,20 @@ def test_info_on_a_truncated_trace(capsys, tiny_trace, tmp_path):
     assert_one_line_error(code, err, "layer_001.safetensors")
 
 
-def test_trace_files_are_byte_reproducible(tiny_model_dir, tmp_path):
+def test_layer_files_are_byte_reproducible(tiny_model_dir, tmp_path):
+    """Same model, same prompt: identical layer files. (derived.safetensors and the manifest
+    also hold measured timings, so they differ between runs.)"""
     from tracegen.runner import run
 
     folder = tiny_model_dir("llama")
-    first = run(str(folder), out=tmp_path / "a", steps=2, quiet=True)
-    second = run(str(folder), out=tmp_path / "b", steps=2, quiet=True)
-    for name in [store.layer_file(0), store.layer_file(2)]:
-        assert (first / name).read_bytes() == (second / name).read_bytes()
-    assert importlib.util.find_spec("tracegen.store") is not None
+    first = load_trace(run(str(folder), out=tmp_path / "a", steps=2, quiet=True))
+    second = load_trace(run(str(folder), out=tmp_path / "b", steps=2, quiet=True))
+    for index in range(first.n_layers):
+        name = store.layer_file(index)
+        assert (first.path / name).read_bytes() == (second.path / name).read_bytes()
+    for name in store.DERIVED_TENSORS:
+        if name != "layer_seconds":
+            np.testing.assert_array_equal(first.derived(name), second.derived(name))
 
 
 def test_hub_id_loads_from_the_hub_cache(tiny_model_dir, tmp_path):
@@ -281,3 +287,59 @@ def test_resolve_specs(tmp_path):
         resolve(str(tmp_path / "weights.bin"))
     with pytest.raises(ModelError, match="without config.json"):
         resolve(str(tmp_path))
+
+
+def test_force_replaces_only_traces(capsys, llama_dir, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("not a trace")
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(llama_dir), "--out", str(precious), "--force"
+    )
+    assert_one_line_error(code, err, "is not a trace", "choose another --out")
+    assert (precious / "notes.txt").read_text() == "not a trace"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(llama_dir), "--out", str(a_file), "--force"
+    )
+    assert_one_line_error(code, err, "is not a trace")
+    assert a_file.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "precious"]
+
+
+def test_out_below_a_file(capsys, llama_dir, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "trace"
+    code, _, err = run_cli(capsys, "run", "--model", str(llama_dir), "--out", str(out))
+    assert_one_line_error(code, err, "is a file, not a folder")
+    assert "[load]" not in err  # refused before the model was loaded
+
+
+def test_prompt_file_is_a_folder(capsys, llama_dir, tmp_path):
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(llama_dir), "--prompt-file", str(tmp_path), "--out",
+        str(tmp_path / "x"),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "is a folder")
+
+
+def test_write_failure_is_one_line_and_keeps_the_old_trace(tiny_trace, tmp_path, monkeypatch):
+    out = tmp_path / "existing"
+    shutil.copytree(tiny_trace, out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    trace = load_trace(out)
+    layers = [
+        {name: store._read(out / store.layer_file(i), name) for name in store.LAYER_TENSORS}
+        for i in range(trace.n_layers)
+    ]
+    derived = {name: trace.derived(name) for name in store.DERIVED_TENSORS}
+
+    def disk_full(path, tensors, metadata):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "_save", disk_full)
+    with pytest.raises(store.TraceError, match="No space left on device"):
+        store.write_trace(out, trace.manifest, layers, derived, force=True)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]

@@ -30,6 +30,8 @@ class RunError(RuntimeError):
 
 
 def read_prompt(path: Path) -> str:
+    if path.is_dir():
+        raise RunError(f"prompt file {path} is a folder; give a UTF-8 text file")
     if not path.is_file():
         raise RunError(f"prompt file {path} does not exist")
     try:
@@ -110,9 +112,7 @@ def run(
     with stages.stage("resolve", model_spec or models.DEFAULT_SPEC):
         resolved = models.resolve(model_spec)
         out_dir = Path(out) if out else Path("traces") / resolved.slug
-        # Checked before the slow part, and again by write_trace at the end.
-        if out_dir.exists() and not force:
-            raise RunError(f"{out_dir} already exists; pass --force to replace it")
+        store.check_target(out_dir, force)  # before the slow part; again when writing
         files = [
             {"name": path.name, "bytes": path.stat().st_size, "sha256": models.sha256_file(path)}
             for path in resolved.weight_files()
@@ -163,9 +163,10 @@ def run(
     traced = tracer.result()
 
     with stages.stage("derive", "logit lens, watched tokens, attribution, FLOPs"):
-        # Derived quantities in float32, whatever dtype the pass ran in. (transformers refuses
-        # .float() on models loaded from GGUF, which are already float32 after de-quantising.)
-        torch.nn.Module.float(model)
+        # Derived quantities in float32 on the CPU, where the captured tensors are, whatever
+        # dtype and device the pass ran in. (torch's own methods: transformers refuses .float()
+        # on models loaded from GGUF, which are float32 after de-quantising anyway.)
+        torch.nn.Module.float(torch.nn.Module.to(model, "cpu"))
         adapter = models.adapt(model)
         bar = tqdm(total=len(adapter.blocks) + 1, desc="lens depths", disable=quiet, leave=False)
         lens = derive.logit_lens(

@@ -64,6 +64,8 @@ DERIVED_TENSORS: dict[str, tuple[str, ...]] = {
 # values do not fit float16 is kept in float32 rather than clipped.
 HALF_PRECISION = {"resid_in", "resid_out", "attn_out", "mlp_out", "attn_probs_tril"}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+# Counts in the billions need more than float32's 24 bits to stay exact.
+DOUBLE_PRECISION = {"flops", "layer_seconds"}
 
 
 class TraceError(ValueError):
@@ -79,6 +81,8 @@ def to_storage_dtype(name: str, array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "f":
         if name in HALF_PRECISION and np.abs(array).max(initial=0.0) < FLOAT16_MAX:
             return np.ascontiguousarray(array, dtype=np.float16)
+        if name in DOUBLE_PRECISION:
+            return np.ascontiguousarray(array, dtype=np.float64)
         return np.ascontiguousarray(array, dtype=np.float32)
     return np.ascontiguousarray(array)
 
@@ -103,9 +107,11 @@ def write_trace(
     complete, so a crash or Ctrl-C leaves an existing trace untouched.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise TraceError(f"{out_dir} already exists; pass --force to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    check_target(out_dir, force)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TraceError(f"cannot create {out_dir.parent}: {error.strerror}") from None
     tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     old_dir = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -126,13 +132,36 @@ def write_trace(
         if out_dir.exists():
             out_dir.rename(old_dir)
         tmp_dir.rename(out_dir)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         if old_dir.exists() and not out_dir.exists():
             old_dir.rename(out_dir)
+        if isinstance(error, OSError):  # a full disk, a vanished folder: one line, not a trace
+            raise TraceError(f"cannot write {out_dir}: {error.strerror or error}") from None
         raise
     shutil.rmtree(old_dir, ignore_errors=True)
     return out_dir
+
+
+def check_target(out_dir: Path, force: bool) -> None:
+    """Refuse a target that would lose data: an existing trace without --force, or anything
+    that is not a trace at all (--force replaces traces only), or a path that cannot be made."""
+    if out_dir.exists():
+        if not force:
+            raise TraceError(f"{out_dir} already exists; pass --force to replace it")
+        if not (out_dir / MANIFEST).is_file():
+            raise TraceError(
+                f"{out_dir} exists and is not a trace (no {MANIFEST}); --force replaces only "
+                "traces: choose another --out"
+            )
+        return
+    ancestor = out_dir.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise TraceError(f"cannot create {out_dir}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise TraceError(f"cannot create {out_dir}: {ancestor} is not writable")
 
 
 @dataclass(frozen=True)
@@ -157,8 +186,9 @@ class ModelCard:
 
 
 class Trace:
-    """One trace folder. Opening it validates the schema and every tensor's shape, but
-    reads no tensor data; arrays are read on first use and returned as float32/int32."""
+    """One trace folder. Opening it validates the schema and every tensor's shape, but reads
+    no tensor data. Arrays are read on first use: floats as float32 (float64 where stored
+    so), integers as int64."""
 
     def __init__(self, path: Path, manifest: dict[str, Any]):
         self.path = path
@@ -252,6 +282,8 @@ def unpack_tril(packed: np.ndarray) -> np.ndarray:
 def _read(path: Path, name: str) -> np.ndarray:
     with safe_open(str(path), framework="numpy") as handle:
         array = handle.get_tensor(name)
+    if array.dtype == np.float64:
+        return array
     return array.astype(np.float32) if array.dtype.kind == "f" else array.astype(np.int64)
 
 
