@@ -51,16 +51,23 @@ def write_synthetic_trace(
     d_model: int = 32,
     top_k: int = 5,
     answer: str = " two",
+    prompt: str | None = None,
+    bos: str | None = None,
+    takeover: tuple[float, float] = (0.3, 0.6),
 ) -> Trace:
     """A trace whose derived tensors follow from one set of logits.
 
     Heads 0..3 of each layer are planted as: a first-token sink, a previous-token head, an
     induction head, and a head on the end of the prompt. The continuation is
-    " foot has <answer> eyes." and the lens settles on the final answer at about 60% depth.
+    " foot has <answer> eyes." and the lens settles on the final answer at about 60% depth:
+    the final logits mix in from `takeover[0]` of the depth and take over at `takeover[1]`.
+    `prompt` replaces the story's prompt; `bos` puts that special token in front, as a
+    tokenizer that adds BOS does.
     """
     rng = np.random.default_rng(seed)
-    prompt = (REPO / "tracegen" / "prompt.txt").read_text(encoding="utf-8")
-    strings = _tokenize(prompt)
+    if prompt is None:
+        prompt = (REPO / "tracegen" / "prompt.txt").read_text(encoding="utf-8")
+    strings = ([bos] if bos else []) + _tokenize(prompt)
     generated = [" foot", " has", answer, " eyes", "."]
     vocab = sorted(set(strings) | set(generated) | set(WATCHED) | {" the", " a", "!"})
     token_id = {text: index for index, text in enumerate(vocab)}
@@ -80,7 +87,7 @@ def write_synthetic_trace(
     bigram = rng.normal(0, 2, (v, v))
     logits = np.empty((n_depth, n, v))
     for depth in range(n_depth):
-        mix = np.clip((depth / n_layers - 0.3) / 0.3, 0, 1)
+        mix = np.clip((depth / n_layers - takeover[0]) / (takeover[1] - takeover[0]), 0, 1)
         logits[depth] = (1 - mix) * bigram[ids] + mix * final
     logits[-1] = final
     logprobs = np.log(_softmax(logits))
@@ -192,6 +199,7 @@ def write_synthetic_trace(
             "dropout_modules_training": 0,
         },
         "prompt": {"text": prompt},
+        "tokenizer": {"adds_bos": bool(bos), "bos_token": bos or "<|endoftext|>"},
         "vocabulary": {str(i): t for i, t in enumerate(vocab)},
     }
     write_trace(out_dir, manifest, layers, derived, force=True)
@@ -478,6 +486,193 @@ def test_captions_change_with_the_trace(panels, synthetic_other):
     for key in PANEL_KEYS:
         assert panels[key].caption != other[key].caption, key
         assert panels[key].charts[0].alt != other[key].charts[0].alt, key
+
+
+# --- review fixes: BOS, 1-based ranks, p1's wording, the prompt's end, three quarters -------------
+
+
+def test_qa_blocks_are_found_after_a_bos_token(tmp_path, synthetic):
+    """A tokenizer that adds BOS (Gemma's) puts "<bos>" before the first "Q:", which then no
+    longer starts the text: the first Q/A block must still be found, in trace coordinates."""
+    from tracegen.panels import attention
+    from tracegen.panels.common import end_span, qa_block_starts, start_span
+
+    with_bos = write_synthetic_trace(tmp_path / "bos", bos="<bos>")
+    assert with_bos.manifest["tokenizer"]["adds_bos"] and with_bos.token_strings[0] == "<bos>"
+    plain = qa_block_starts(synthetic)
+    assert plain[0] == 0 and len(plain) > 2
+    starts = qa_block_starts(with_bos)
+    assert starts == [start + 1 for start in plain]  # one BOS in front shifts every block by 1
+    assert all(with_bos.token_strings[start] == "Q" for start in starts)
+    assert start_span(with_bos) == range(0, start_span(synthetic).stop + 1)  # one block
+    assert end_span(with_bos) == range(end_span(synthetic).start + 1, with_bos.n_prompt)
+    facts = attention.build(with_bos).facts
+    assert facts["start_span"] == [0, plain[1] + 1]
+
+
+def _tooltip_titles(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = []
+        tooltip = node.get("tooltip")
+        for item in tooltip if isinstance(tooltip, list) else [tooltip]:
+            if isinstance(item, dict) and isinstance(item.get("title"), str):
+                found.append(item["title"])
+        return found + [t for value in node.values() for t in _tooltip_titles(value)]
+    if isinstance(node, list):
+        return [t for value in node for t in _tooltip_titles(value)]
+    return []
+
+
+def test_ranks_readers_see_are_one_based(synthetic, panels):
+    """The trace stores ranks 0-based; captions, tooltips and their data show them 1-based
+    ("1st" = top), and every rank tooltip says so."""
+    from tracegen.panels.common import answer_position, ordinal, story_depth, token_html, vocabulary
+
+    rank = synthetic.derived("lens_target_rank")
+    answer = answer_position(synthetic)
+    shown = (rank[:, answer] + 1).tolist()
+    assert min(shown) == 1  # the output ranks its own top token first
+    assert panels["p1"].charts[0].spec["datasets"]["depths"][0]["rank"] == shown
+    lens_rows = panels["p6"].charts[0].spec["datasets"]["lens"]
+    assert next(row for row in lens_rows if row["p"] == answer)["rk"] == shown
+
+    story = story_depth(synthetic.n_layers)[1]
+    final = token_html(vocabulary(synthetic)(synthetic.derived("lens_topk_ids")[-1, answer, 0]))
+    assert f"ranks the final answer {final} {ordinal(shown[story])}," in panels["p1"].caption
+    three_quarters = re.search(r"At depth (\d+) \(three quarters\)", panels["p6"].caption)
+    assert three_quarters, panels["p6"].caption
+    assert f"ranks it {ordinal(shown[int(three_quarters[1])])}," in panels["p6"].caption
+
+    titles = [t for p in panels.values() for c in p.charts for t in _tooltip_titles(c.spec)]
+    rank_titles = [t for t in titles if "rank" in t]
+    assert len(rank_titles) >= 4, rank_titles
+    assert all("1 = top" in t for t in rank_titles), rank_titles
+
+
+@pytest.mark.parametrize(
+    ("takeover", "trend", "verdict"),
+    [((0.2, 1 / 3), "rises", "borne out"), ((0.5, 0.8), "flat", "mixed")],
+)
+def test_p1_says_what_its_numbers_say(tmp_path, takeover, trend, verdict):
+    """p1 claims a higher-order description takes shape only when agreement with the final
+    choice rises from layer 1 to the story's depth; otherwise it says it is flat, names the
+    depth where it first passes 50%, and the verdict is not "borne out"."""
+    from tracegen.panels import residual
+    from tracegen.panels.common import fmt_pct, story_depth
+
+    trace = write_synthetic_trace(tmp_path / trend, takeover=takeover)
+    panel = residual.build(trace)
+    story = story_depth(trace.n_layers)[1]
+    matches = np.array(panel.facts["matches_final"])
+    change = matches[story] - matches[1]
+    assert (change >= 0.10) == (trend == "rises"), change  # the traces were made to differ
+    shaped = "A higher-order description takes shape" in panel.caption
+    assert shaped == (trend == "rises")
+    assert (", flat." in panel.caption) == (trend == "flat")
+    assert panel.verdict == verdict
+    majority = int(np.flatnonzero(matches > 0.5)[0])
+    assert f"exceeds {fmt_pct(0.5)} at depth {majority} of {trace.n_layers}" in panel.caption
+    assert fmt_pct(matches[1]) in panel.caption and fmt_pct(matches[story]) in panel.caption
+    assert panel.facts["shape"]["trend"] == trend
+    assert panel.facts["ngram_like"]  # both traces are bigram tables at first
+
+
+def test_p1_norm_wording_follows_the_norms(synthetic, monkeypatch):
+    """p1 says the residual norm grows only when it does."""
+    from tracegen.panels import residual
+
+    shrinking = np.linspace(9.0, 2.0, synthetic.n_layers + 1)
+    monkeypatch.setattr(residual, "residual_norms", lambda trace, position: shrinking)
+    caption = residual.build(synthetic).caption
+    assert "shrinks from 9.0 to 2.0" in caption and "grows" not in caption
+
+    _norm_sentence = residual._norm_sentence
+    assert "grows from 2.0 to 9.0" in _norm_sentence(np.array([2.0, 5.0, 9.0]), 2)
+    assert "shrinks from 9.0 to 2.0" in _norm_sentence(np.array([9.0, 5.0, 2.0]), 2)
+    level = _norm_sentence(np.array([3.0, 8.0, 3.1]), 2)
+    assert "grows" not in level and "shrinks" not in level
+    assert "ends about where it starts" in level and "peaking at 8.0 at depth 1" in level
+
+
+def test_continuation_caption_quotes_the_prompt_it_was_given(tmp_path):
+    """p8 quotes the end of the traced prompt, not the story's "A: Your"."""
+    from tracegen.panels import continuation
+
+    story = (REPO / "tracegen" / "prompt.txt").read_text(encoding="utf-8")
+    prompt = story.rsplit("\n", 2)[0] + "\nQ: How many eyes has a spider?\nA: A spider"
+    trace = write_synthetic_trace(tmp_path / "spider", prompt=prompt)
+    caption = continuation.build(trace).caption
+    assert "after <q>A: A spider</q>:" in caption
+    assert "A: Your" not in caption
+
+
+def test_depth_at_rounds_one_way():
+    from tracegen.panels.common import (
+        GPT3_LAYERS,
+        STORY_LAYER,
+        depth_at,
+        story_depth,
+        three_quarters_depth,
+    )
+
+    assert three_quarters_depth(10) == depth_at(0.75, 10) == 7
+
+    assert [depth_at(0.75, n) for n in (1, 2, 4, 6, 10, 30, 32)] == [1, 1, 3, 4, 7, 22, 24]
+    assert depth_at(0.75, 0) == 0 and depth_at(2.0, 5) == 5 and depth_at(-1.0, 5) == 0
+    assert [story_depth(n)[1] for n in (3, 8, 30, 96)] == [1, 3, 10, STORY_LAYER]
+    assert depth_at(STORY_LAYER / GPT3_LAYERS, GPT3_LAYERS) == STORY_LAYER
+
+
+def test_three_quarters_is_one_depth_in_every_panel(tmp_path):
+    """On 10 layers three quarters is 7.5: p2, p6, p7 and p8 must all put it at the same depth
+    (the tie goes down: depth 7, layers 1-7 up to it and layers 8-10 the last quarter), and
+    the dashed rules sit there too."""
+    from tracegen.panels import build_panels
+    from tracegen.panels.common import parse_components
+
+    trace = write_synthetic_trace(tmp_path / "ten", n_layers=10)
+    panels = {p.key: p for p in build_panels(trace)}
+    depth = 7
+
+    def number(key: str, pattern: str) -> int:
+        match = re.search(pattern, panels[key].caption)
+        assert match, (key, pattern, panels[key].caption)
+        return int(match[1])
+
+    found = {
+        "p2": number("p2", r"\(layers 1-(\d+)\b"),
+        "p6": number("p6", r"At depth (\d+) \(three quarters\)"),
+        "p8": number("p8", r"\(depth (\d+), where the narrator"),
+    }
+    assert set(found.values()) == {depth}, found
+    assert number("p2", r"last quarter \(layers (\d+)-10\)") == depth + 1
+    assert number("p7", r"last quarter of the layers \(layers (\d+)-10\)") == depth + 1
+    assert panels["p2"].facts["three_quarters_depth"] == depth
+
+    per_layer = trace.derived("flops")
+    total = trace.manifest["derived"]["flops_total"]
+    assert panels["p2"].facts["flops_below_three_quarters"] == pytest.approx(
+        per_layer[:depth].sum() / total
+    )
+    components = parse_components(trace.attribution_components, 10)
+    late = np.array([c.layer > depth for c in components])
+    answer = trace.n_prompt - 1
+    parts, logit = trace.derived("attribution")[answer], trace.derived("final_logit")[answer]
+    assert panels["p7"].facts["the answer"]["late_share"] == pytest.approx(
+        parts[late].sum() / logit
+    )
+
+    def rule_depths(spec: Any) -> list[float]:
+        return [
+            row["d"]
+            for view in _views(spec, "rule")
+            for row in (view.get("data") or {}).get("values", [])
+            if "three quarters" in str(row.get("what"))
+        ]
+
+    for key, chart in (("p6", 0), ("p8", 1)):
+        drawn = rule_depths(panels[key].charts[chart].spec)
+        assert drawn and set(drawn) == {depth}, (key, drawn)
 
 
 # --- robustness -----------------------------------------------------------------------------------

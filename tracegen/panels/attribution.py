@@ -18,7 +18,6 @@ from .common import (
     CATEGORICAL,
     CONTEXT,
     MIXED,
-    THREE_QUARTERS,
     WIDTH,
     answer_position,
     caption,
@@ -28,6 +27,7 @@ from .common import (
     parse_components,
     rounded,
     show_token,
+    three_quarters_depth,
     to_chart,
     token_html,
     vocabulary,
@@ -97,11 +97,17 @@ def build(trace: Trace) -> Panel:
         )
     )
 
+    # The last quarter: the layers above three quarters of the depth (as p2, p6 and p8 count).
+    narrator_depth = three_quarters_depth(n_layers)
+    last_quarter = (
+        f"layers {narrator_depth + 1}-{n_layers}" if narrator_depth < n_layers else "none"
+    )
+
     def summary(name: str) -> tuple[str, dict]:
         p = positions[name]
         parts = attribution[p]
         order = np.argsort(-parts)[:3]
-        late = np.array([c.layer > THREE_QUARTERS * n_layers for c in components])
+        late = np.array([c.layer > narrator_depth for c in components])
         late_share = float(parts[late].sum() / logit[p]) if logit[p] > 0 else float("nan")
         kinds = {k: float(parts[[c.kind == k for c in components]].sum()) for k in KIND_ORDER}
         text = (
@@ -109,7 +115,7 @@ def build(trace: Trace) -> Panel:
             "largest writers are "
             + ", ".join(f"{components[i].label} ({fmt_num(parts[i])})" for i in order)
             + f"; attention writes {fmt_num(kinds['attn'])} in all and the MLPs "
-            f"{fmt_num(kinds['mlp'])}; the last quarter of the layers writes "
+            f"{fmt_num(kinds['mlp'])}; the last quarter of the layers ({last_quarter}) writes "
             f"{fmt_pct(late_share)} of the logit."
         )
         return text, {

@@ -16,11 +16,14 @@ from .common import (
     NOT_BORNE_OUT,
     WIDTH,
     caption,
+    context_before,
     count_position,
     count_tokens,
     fmt_pct,
-    ordinal,
+    fmt_rank,
+    rank_title,
     show_token,
+    shown_rank,
     sig,
     to_chart,
     token_html,
@@ -38,11 +41,6 @@ def word(text: str) -> str:
     return text.strip().lower()
 
 
-def context_before(trace: Trace, position: int, n_tokens: int = 6) -> str:
-    start = max(position + 1 - n_tokens, 0)
-    return "".join(trace.token_strings[start : position + 1]).replace("\n", " ⏎ ")
-
-
 def build(trace: Trace) -> Panel:
     count = count_position(trace)
     position = count.position
@@ -58,7 +56,7 @@ def build(trace: Trace) -> Panel:
             "t": show_token(text_of(token_id)),
             "p": sig(prob),
             "g": GROUPS[3],
-            "r": rank_of[int(token_id)] + 1,
+            "r": shown_rank(rank_of[int(token_id)]),
         }
     candidates = []
     for w, token_id, text in count_tokens(trace):
@@ -74,7 +72,7 @@ def build(trace: Trace) -> Panel:
             "t": show_token(text),
             "p": sig(prob),
             "g": group,
-            "r": rank + 1 if rank is not None else None,
+            "r": shown_rank(rank) if rank is not None else None,
         }
     values = sorted(rows.values(), key=lambda row: -(row["p"] or 0))
     floor = max(min((row["p"] for row in values if row["p"]), default=1e-6) / 2, 1e-9)
@@ -103,7 +101,7 @@ def build(trace: Trace) -> Panel:
             tooltip=[
                 alt.Tooltip("t:N", title="token"),
                 alt.Tooltip("p:Q", title="probability", format=".3~%"),
-                alt.Tooltip("rank:N", title="rank"),
+                alt.Tooltip("rank:N", title=rank_title()),
                 alt.Tooltip("g:N", title="group"),
             ],
         )
@@ -115,7 +113,7 @@ def build(trace: Trace) -> Panel:
     )
 
     def described(text: str, prob: float, rank: int | None) -> str:
-        where = f"{ordinal(rank + 1)}" if rank is not None else f"not in the top {top_k}"
+        where = fmt_rank(rank) if rank is not None else f"not in the top {top_k}"
         return f"{token_html(text)} {fmt_pct(prob)} ({where})"
 
     bets = [c for c in candidates if c[3] == GROUPS[0]]

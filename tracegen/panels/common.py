@@ -171,6 +171,31 @@ def ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
+# --- ranks ------------------------------------------------------------------------------------
+# The trace stores ranks 0-based (lens_target_rank 0 = the top token). Every rank a reader
+# sees, in a caption, an alt text or a tooltip, is 1-based: "1st" is the top. Convert here.
+
+RANK_NOTE = "1 = top"
+
+
+def shown_rank(rank: Any) -> Any:
+    """A stored 0-based rank (an int or an array of them) as the reader sees it, 1-based;
+    arrays come back as JSON-ready lists."""
+    if np.ndim(rank) == 0:
+        return int(rank) + 1
+    return (np.asarray(rank, dtype=np.int64) + 1).tolist()
+
+
+def fmt_rank(rank: int) -> str:
+    """A stored 0-based rank in prose: 0 -> '1st', 4522 -> '4523rd'."""
+    return ordinal(shown_rank(rank))
+
+
+def rank_title(of: str | None = None) -> str:
+    """The tooltip title of a field that holds 1-based ranks (see `shown_rank`)."""
+    return f"rank{f' of {of}' if of else ''} ({RANK_NOTE})"
+
+
 # --- token text -------------------------------------------------------------------------------
 
 
@@ -309,6 +334,29 @@ def prompt_text(trace: Trace) -> str:
     return "".join(trace.token_strings[: trace.n_prompt])
 
 
+def leading_special_tokens(trace: Trace) -> int:
+    """How many positions at the start of the trace are a special token the tokenizer added
+    (a BOS such as Gemma's <bos>) rather than prompt text: 1 or 0."""
+    tokenizer = trace.manifest.get("tokenizer") or {}
+    if not trace.token_strings or trace.n_prompt < 1:
+        return 0
+    bos = tokenizer.get("bos_token")
+    first = trace.token_strings[0]
+    return int(bool(tokenizer.get("adds_bos")) or (bool(bos) and first == bos))
+
+
+def context_before(trace: Trace, position: int, n_tokens: int = 6, same_line: bool = False) -> str:
+    """The text of the last `n_tokens` tokens up to and including `position`, newlines shown as
+    ⏎; with `same_line`, only what follows the last newline in that window (when anything
+    does). A leading BOS is left out."""
+    start = max(position + 1 - n_tokens, leading_special_tokens(trace), 0)
+    text = "".join(trace.token_strings[start : position + 1])
+    if same_line and text.rstrip("\n").count("\n"):
+        tail = text.rstrip("\n").rsplit("\n", 1)[1]
+        text = tail if tail.strip() else text
+    return text.replace("\n", " ⏎ ")
+
+
 def line_of_each_token(trace: Trace) -> list[int]:
     """The prompt line each prompt token sits on (a token holding a newline ends its line)."""
     lines, line = [], 0
@@ -319,16 +367,21 @@ def line_of_each_token(trace: Trace) -> list[int]:
 
 
 def qa_block_starts(trace: Trace) -> list[int]:
-    """Token positions where a "Q:" line starts, in order.
+    """Token positions (in trace coordinates) where a "Q:" line starts, in order.
 
-    Found from the decoded text, so any tokenizer works; a prompt with no Q lines gives [0].
+    Found from the decoded text, so any tokenizer works. A special token the tokenizer put
+    in front (BOS) is not prompt text: the search starts after it, so the first "Q:" still
+    counts as starting a line. A prompt with no Q lines gives [0].
     """
-    text = prompt_text(trace)
+    skip = leading_special_tokens(trace)
+    strings = trace.token_strings[skip : trace.n_prompt]
+    text = "".join(strings)
     char_starts = [
         0 if match.start() == 0 else match.start() + 1 for match in re.finditer(r"(?:^|\n)Q:", text)
     ]
-    offsets = np.cumsum([0] + [len(t) for t in trace.token_strings[: trace.n_prompt]])
-    starts = sorted({int(np.searchsorted(offsets, c, side="right") - 1) for c in char_starts})
+    offsets = np.cumsum([0] + [len(t) for t in strings])
+    found = {int(np.searchsorted(offsets, c, side="right") - 1) for c in char_starts}
+    starts = sorted(skip + position for position in found)
     return starts or [0]
 
 
@@ -346,10 +399,29 @@ def end_span(trace: Trace) -> range:
     return range(max(begin, 0), trace.n_prompt)
 
 
+def depth_at(fraction: float, n_layers: int) -> int:
+    """The depth at `fraction` of the way up an `n_layers` model: the one rounding rule for
+    every panel (the story's layer 32 of 96, its three quarters).
+
+    Depth d is the residual stream after layer d (0 = the embeddings), so layers 1..d are
+    the layers "up to" it and layers d+1..L the ones above it. The depth is the nearest whole
+    one, and a tie (0.75 x 10 = 7.5) goes down, so that the layers up to it never make more
+    than `fraction` of the model on a tie.
+    """
+    n_layers = max(int(n_layers), 0)
+    return min(max(math.ceil(fraction * n_layers - 0.5 - 1e-9), 0), n_layers)
+
+
 def story_depth(n_layers: int) -> tuple[float, int]:
-    """Where "layer 32 of 96" falls on this model: (fraction of depth, nearest depth)."""
+    """Where "layer 32 of 96" falls on this model: (fraction of depth, its depth)."""
     fraction = STORY_LAYER / GPT3_LAYERS
-    return fraction, int(round(fraction * n_layers))
+    return fraction, depth_at(fraction, n_layers)
+
+
+def three_quarters_depth(n_layers: int) -> int:
+    """Where the narrator's consciousness ends ("about three quarters of the layers"): layers
+    1..this are the narrator's, layers above it "the last quarter"."""
+    return depth_at(THREE_QUARTERS, n_layers)
 
 
 # --- components -------------------------------------------------------------------------------

@@ -18,18 +18,20 @@ from .common import (
     MIXED,
     NOT_BORNE_OUT,
     SEQUENTIAL,
-    THREE_QUARTERS,
     WIDTH,
     answer_position,
     caption,
     cell_ink,
+    context_before,
     count_position,
     count_tokens,
     depth_axis,
     fmt_pct,
+    rank_title,
     rounded,
     show_token,
     sig,
+    three_quarters_depth,
     to_chart,
     token_html,
     visible_controls,
@@ -76,7 +78,7 @@ def build(trace: Trace) -> Panel:
     tooltip = [
         alt.Tooltip("s:O", title="step"),
         alt.Tooltip("g:N", title="chosen"),
-        alt.Tooltip("r:O", title="rank"),
+        alt.Tooltip("r:O", title=rank_title()),
         alt.Tooltip("t:N", title="token"),
         alt.Tooltip("q:Q", title="probability", format=".1%"),
     ]
@@ -90,7 +92,7 @@ def build(trace: Trace) -> Panel:
         title="step (chosen token)",
         axis=alt.Axis(labelAngle=0, labelExpr=_step_labels(rows)),
     )
-    y = alt.Y("r:O", title="rank")
+    y = alt.Y("r:O", title=rank_title())
     cells = base.mark_rect().encode(
         x=x,
         y=y,
@@ -146,7 +148,8 @@ def build(trace: Trace) -> Panel:
         }
         for w in order
     ]
-    three_quarters = [{"d": THREE_QUARTERS * n_layers, "what": "three quarters (the story)"}]
+    narrator_depth = three_quarters_depth(n_layers)
+    three_quarters = [{"d": narrator_depth, "what": "three quarters (the story)"}]
     names = [row["w"] for row in depth_rows]
     emphasised = [row["e"] for row in depth_rows]
 
@@ -190,7 +193,7 @@ def build(trace: Trace) -> Panel:
         .mark_rule(strokeDash=[4, 3])
         .encode(
             x="d:Q",
-            tooltip=[alt.Tooltip("what:N"), alt.Tooltip("d:Q", title="depth", format=".1f")],
+            tooltip=[alt.Tooltip("what:N"), alt.Tooltip("d:Q", title="depth", format="d")],
         )
     )
     over_depth = alt.layer(lines, rule).properties(
@@ -208,10 +211,10 @@ def build(trace: Trace) -> Panel:
         if bet_ids
         else []
     )
-    narrator_depth = int(round(THREE_QUARTERS * n_layers))
     narrator_top = text_of(top_ids[narrator_depth, count.position, 0])
     verdict = BORNE_OUT if foot_won and two_won else MIXED if foot_won or two_won else NOT_BORNE_OUT
     continuation = visible_controls("".join(generated).replace("\n", "↵"))
+    prompt_end = visible_controls(context_before(trace, start, same_line=True))
     items = [
         f"First step: the model chose {token_html(first)} "
         f"({fmt_pct(top_probs[-1, start, 0])}): "
@@ -257,7 +260,8 @@ def build(trace: Trace) -> Panel:
             to_chart(over_depth, f"Through the lens, {BET_WORD} leads at {depth_ranges(led)}."),
         ],
         caption=caption(
-            f"Greedy continuation after <q>A: Your</q>: <q>{html.escape(continuation)}</q> "
+            f"Greedy continuation after <q>{html.escape(prompt_end)}</q>: "
+            f"<q>{html.escape(continuation)}</q> "
             f"({len(generated)} tokens, {html.escape(stop_reason(trace))}).",
             items,
         ),

@@ -21,6 +21,7 @@ from .common import (
     label_expr,
     safe_argmax,
     sig,
+    three_quarters_depth,
     to_chart,
 )
 
@@ -98,13 +99,17 @@ def build(trace: Trace) -> Panel:
         .properties(width=WIDTH, height=100, title="Measured time per layer (median of repeats)")
     )
 
-    conscious = int(np.floor(THREE_QUARTERS * n_layers))
+    conscious = three_quarters_depth(n_layers)  # layers 1..conscious are the narrator's
     below = float(per_layer[:conscious].sum()) / total if total > 0 else 0.0
+    above = float(per_layer[conscious:].sum()) / total if total > 0 else 0.0
     n_prompt = max(trace.n_prompt, 1)
     two_n = 2 * trace.model.n_params * n_prompt  # the usual "2 x parameters per token" estimate
     block_seconds = float(seconds.sum())
     slowest = safe_argmax(seconds)
     conscious_layers = f"layers 1-{conscious}" if conscious else "no whole layer"
+    last_quarter = (
+        f"layers {conscious + 1}-{n_layers}" if conscious < n_layers else "no whole layer"
+    )
     throughput = float(per_layer.sum()) / block_seconds if block_seconds > 0 else float("nan")
     ranked = sorted(share.items(), key=lambda item: -item[1])
     facts = {
@@ -112,6 +117,7 @@ def build(trace: Trace) -> Panel:
         "shares": share,
         "seconds_total": block_seconds,
         "flops_below_three_quarters": below,
+        "three_quarters_depth": conscious,
     }
     items = [
         "Shares of the total: "
@@ -120,8 +126,10 @@ def build(trace: Trace) -> Panel:
         f"Per prompt token that is {fmt_si(total / n_prompt, 'FLOPs')}; the rule of thumb "
         f"2 &times; parameters &times; tokens gives {fmt_si(two_n, 'FLOPs')} "
         f"({fmt_num(total / two_n if two_n else float('nan'))}&times;).",
-        f"The layers below three quarters of the depth, where the narrator places its own "
-        f"consciousness ({conscious_layers}), get {fmt_pct(below)} of the FLOPs.",
+        f"The layers up to three quarters of the depth, where the narrator places its own "
+        f"consciousness ({conscious_layers}: depth {conscious} is the nearest to "
+        f"{fmt_pct(THREE_QUARTERS)} of {n_layers}, a tie going down), get {fmt_pct(below)} "
+        f"of the FLOPs; the last quarter ({last_quarter}) gets {fmt_pct(above)}.",
         f"The {n_layers} blocks took {fmt_seconds(block_seconds)} in all "
         f"({fmt_si(throughput, 'FLOP/s')}); "
         f"the slowest was layer {slowest + 1} at {fmt_seconds(seconds[slowest])}.",

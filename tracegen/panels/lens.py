@@ -14,6 +14,7 @@ from .common import (
     CANVAS,
     MIXED,
     NOT_BORNE_OUT,
+    RANK_NOTE,
     SEQUENTIAL,
     THREE_QUARTERS,
     WIDTH,
@@ -24,8 +25,12 @@ from .common import (
     depth_axis,
     fmt_num,
     fmt_pct,
+    fmt_rank,
+    rank_title,
     rounded,
     show_token,
+    shown_rank,
+    three_quarters_depth,
     to_chart,
     token_html,
     vocabulary,
@@ -72,7 +77,7 @@ def build(trace: Trace) -> Panel:
             "t": [show_token(text_of(i)) for i in top_ids[:, p]],
             "tp": rounded(top_probs[:, p], 3),
             "fp": rounded(target_prob[:, p], 3),
-            "rk": target_rank[:, p].tolist(),
+            "rk": shown_rank(target_rank[:, p]),
             "kl": rounded(kl[:, p], 3),
         }
         for p in shown
@@ -84,7 +89,7 @@ def build(trace: Trace) -> Panel:
         alt.Chart(alt.NamedData("lens"))  # one copy of the data, shared by every view
         .transform_flatten(["t", "tp", "fp", "rk", "kl"])
         .transform_window(_n="row_number()", groupby=["p"])
-        .transform_calculate(d="datum._n - 1", rk1="datum.rk + 1")
+        .transform_calculate(d="datum._n - 1")
     )
     tooltip = [
         alt.Tooltip("p:O", title="position"),
@@ -94,7 +99,7 @@ def build(trace: Trace) -> Panel:
         alt.Tooltip("tp:Q", title="its probability", format=".1%"),
         alt.Tooltip("out:N", title="final top-1"),
         alt.Tooltip("fp:Q", title="lens prob. of final top-1", format=".1%"),
-        alt.Tooltip("rk:Q", title="its rank (0 = top)"),
+        alt.Tooltip("rk:Q", title=rank_title("it")),
         alt.Tooltip("kl:Q", title="KL to final (nats)", format=".2f"),
     ]
     x = alt.X(
@@ -139,16 +144,15 @@ def build(trace: Trace) -> Panel:
     picked = base.transform_filter(pick)
     small = {"width": WIDTH // 3 - 30, "height": 110}
     line_x = alt.X("d:Q", axis=depth_axis(n_layers, "depth"))
+    three_quarter_depth = three_quarters_depth(n_layers)
     three_quarters = (
         alt.Chart(
-            alt.Data(
-                values=[{"d": THREE_QUARTERS * n_layers, "what": "three quarters (the story)"}]
-            )
+            alt.Data(values=[{"d": three_quarter_depth, "what": "three quarters (the story)"}])
         )
         .mark_rule(strokeDash=[4, 3])
         .encode(
             x="d:Q",
-            tooltip=[alt.Tooltip("what:N"), alt.Tooltip("d:Q", title="depth", format=".1f")],
+            tooltip=[alt.Tooltip("what:N"), alt.Tooltip("d:Q", title="depth", format="d")],
         )
     )
     curves = alt.hconcat(
@@ -161,7 +165,11 @@ def build(trace: Trace) -> Panel:
             ).properties(**small, title=title)
             for field, title, spec in [
                 ("fp", "prob. of final token", {"title": None, "scale": alt.Scale(domain=[0, 1])}),
-                ("rk1", "its rank (log)", {"title": None, "scale": alt.Scale(type="log")}),
+                (
+                    "rk",
+                    f"its rank ({RANK_NOTE}; log)",
+                    {"title": None, "scale": alt.Scale(type="log")},
+                ),
                 ("kl", "KL to final (nats)", {"title": None}),
             ]
         ]
@@ -172,7 +180,6 @@ def build(trace: Trace) -> Panel:
     median_fraction = float(np.median(fractions)) if fractions.size else float("nan")
     gap = abs(median_fraction - THREE_QUARTERS)
     verdict = BORNE_OUT if gap <= CLOSE else MIXED if gap <= NEAR else NOT_BORNE_OUT
-    three_quarter_depth = int(round(THREE_QUARTERS * n_layers))
     facts = {
         "takeover_depth": {k: int(takeover[p]) for k, p in at.items()},
         "takeover_fraction": {k: float(fractions[p]) for k, p in at.items()},
@@ -193,8 +200,8 @@ def build(trace: Trace) -> Panel:
         f"{fmt_pct(median_fraction)} of the depth (the story: {fmt_pct(THREE_QUARTERS)}; "
         f"judged borne out within {fmt_pct(CLOSE)}, mixed within {fmt_pct(NEAR)}).",
         f"At depth {three_quarter_depth} (three quarters) the last prompt position's lens gives "
-        f"the final token {fmt_pct(target_prob[three_quarter_depth, answer])}, rank "
-        f"{int(target_rank[three_quarter_depth, answer])}, and is "
+        f"the final token {fmt_pct(target_prob[three_quarter_depth, answer])}, ranks it "
+        f"{fmt_rank(target_rank[three_quarter_depth, answer])}, and is "
         f"{fmt_num(kl[three_quarter_depth, answer])} nats from the output "
         f"(embeddings: {fmt_num(kl[0, answer])}).",
     ]

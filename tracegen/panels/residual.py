@@ -21,6 +21,8 @@ from .common import (
     BORNE_OUT,
     GPT3_LAYERS,
     MIXED,
+    NOT_BORNE_OUT,
+    RANK_NOTE,
     SEQUENTIAL,
     STORY_LAYER,
     WIDTH,
@@ -31,11 +33,13 @@ from .common import (
     depth_axis,
     fmt_num,
     fmt_pct,
+    fmt_rank,
     indexed,
     label_expr,
-    ordinal,
+    rank_title,
     rounded,
     show_token,
+    shown_rank,
     story_depth,
     to_chart,
     token_html,
@@ -45,6 +49,15 @@ from .common import (
 # The early layers count as n-gram-like when same-token positions agree on the lens top-1
 # at least this much more often after the first block than at the output.
 NGRAM_MARGIN = 0.10
+# A higher-order description counts as taking shape by the story's depth when the share of
+# positions whose lens top-1 is the model's final choice rises by at least this much from
+# layer 1 to there. The same margin calls it flat, rising or falling.
+SHAPE_MARGIN = 0.10
+# Where that share first passes this, most positions already predict what the output does.
+MAJORITY = 0.5
+# The residual norm "grows" (or "shrinks") when its last value is this factor above (below)
+# its first.
+NORM_CHANGE = 1.1
 
 
 def residual_norms(trace: Trace, position: int) -> np.ndarray:
@@ -92,12 +105,12 @@ def lens_table(trace: Trace, position: int) -> alt.LayerChart:
     data = columns(t=[show_token(text_of(i)) for i in ids.ravel()], q=rounded(probs.ravel(), 3))
     tooltip = [
         alt.Tooltip("d:O", title="depth"),
-        alt.Tooltip("r:O", title="rank"),
+        alt.Tooltip("r:O", title=rank_title()),
         alt.Tooltip("t:N", title="token"),
         alt.Tooltip("q:Q", title="probability", format=".1%"),
     ]
     width = min(WIDTH - 120, 110 * k)
-    x = alt.X("r:O", title="lens rank", axis=alt.Axis(orient="top", labelAngle=0))
+    x = alt.X("r:O", title=f"lens rank ({RANK_NOTE})", axis=alt.Axis(orient="top", labelAngle=0))
     y = alt.Y("d:O", title="depth (0 = embeddings)", sort="descending")
     rects = (
         alt.Chart()
@@ -172,14 +185,14 @@ def build(trace: Trace) -> Panel:
         entropy=rounded(entropy, 3),
         top=top_text,
         p=rounded(top_probs, 4),
-        rank=rank.tolist(),
+        rank=shown_rank(rank),
     )
     x = alt.X("d:Q", axis=depth_axis(n_layers), scale=alt.Scale(domain=[0, n_layers]))
     tooltip = [
         alt.Tooltip("d:Q", title="depth"),
         alt.Tooltip("top:N", title="lens top-1"),
         alt.Tooltip("p:Q", title="its probability", format=".1%"),
-        alt.Tooltip("rank:Q", title=f"rank of {show_token(text_of(final_id))}"),
+        alt.Tooltip("rank:Q", title=rank_title(show_token(text_of(final_id)))),
         alt.Tooltip("entropy:Q", title="entropy (nats)", format=".2f"),
         alt.Tooltip("norm:Q", title="residual norm", format=".1f"),
     ]
@@ -251,7 +264,16 @@ def build(trace: Trace) -> Panel:
     )
 
     early_gap = float(agreement[early] - agreement[-1]) if np.isfinite(agreement).all() else np.nan
-    verdict = BORNE_OUT if np.isfinite(early_gap) and early_gap >= NGRAM_MARGIN else MIXED
+    ngram_like = bool(np.isfinite(early_gap) and early_gap >= NGRAM_MARGIN)
+    shape = shape_over_depth(matches_final, early, story_d)
+    # The story: n-gram statistics at first, and a higher-order description by its layer.
+    verdict = (
+        BORNE_OUT
+        if ngram_like and shape["by_story"]
+        else MIXED
+        if ngram_like or shape["by_story"]
+        else NOT_BORNE_OUT
+    )
     final_text = token_html(text_of(final_id))
     facts = {
         "position": position,
@@ -262,6 +284,8 @@ def build(trace: Trace) -> Panel:
         "top1": top_text,
         "same_token_agreement": agreement.tolist(),
         "matches_final": matches_final.tolist(),
+        "ngram_like": ngram_like,
+        "shape": shape,
     }
     alt_text = (
         f"At the last prompt position the lens entropy goes from {fmt_num(entropy[0])} nats at "
@@ -274,7 +298,7 @@ def build(trace: Trace) -> Panel:
         f"up; on this {n_layers}-layer model that is depth {story_d} (dashed line). There the "
         f"last position's lens predicts {token_html(text_of(top_ids[story_d, position]))} "
         f"({fmt_pct(top_probs[story_d])}), ranks the final answer {final_text} "
-        f"{ordinal(int(rank[story_d]) + 1)}, and has entropy {fmt_num(entropy[story_d])} nats "
+        f"{fmt_rank(rank[story_d])}, and has entropy {fmt_num(entropy[story_d])} nats "
         f"(embeddings {fmt_num(entropy[0])}, output {fmt_num(entropy[-1])}).",
         f"N-gram-like early layers: pairs of positions that hold the same token get the same "
         f"lens top-1 in {fmt_pct(agreement[0])} of cases at the embeddings (the token alone: a "
@@ -282,11 +306,8 @@ def build(trace: Trace) -> Panel:
         f"{fmt_pct(agreement[story_d])} at depth {story_d} and {fmt_pct(agreement[-1])} at the "
         f"output. Counted as n-gram-like when layer {early} beats the output by "
         f"{fmt_pct(NGRAM_MARGIN)} or more.",
-        f"A higher-order description takes shape: the lens top-1 agrees with the model's final "
-        f"choice at {fmt_pct(matches_final[early])} of positions after layer {early}, "
-        f"{fmt_pct(matches_final[story_d])} at depth {story_d}.",
-        f"The residual norm at the last position grows from {fmt_num(norms[0], 1)} to "
-        f"{fmt_num(norms[-1], 1)} over the {n_layers} blocks.",
+        _shape_sentence(shape, early, story_d, n_layers),
+        _norm_sentence(norms, n_layers),
     ]
     return Panel(
         key="p1",
@@ -312,3 +333,71 @@ def _ngram_alt(agreement: np.ndarray, early: int) -> str:
         f"the embeddings, {fmt_pct(agreement[early])} after layer {early} and "
         f"{fmt_pct(agreement[-1])} at the output."
     )
+
+
+def shape_over_depth(matches_final: np.ndarray, early: int, story_d: int) -> dict:
+    """How the share of positions whose lens top-1 is the model's final choice moves: its
+    trend from layer `early` to the story's depth ("rises", "falls" or "flat", by
+    SHAPE_MARGIN), the first depth where it climbs SHAPE_MARGIN above its layer-`early`
+    level, and the first depth where it passes MAJORITY (None where it never does)."""
+    values = np.nan_to_num(np.asarray(matches_final, dtype=np.float64), nan=0.0)
+    change = float(values[story_d] - values[early])
+    trend = "rises" if change >= SHAPE_MARGIN else "falls" if change <= -SHAPE_MARGIN else "flat"
+
+    def first(mask: np.ndarray) -> int | None:
+        hits = np.flatnonzero(mask[early:])
+        return int(hits[0]) + early if hits.size else None
+
+    return {
+        "early": float(values[early]),
+        "at_story": float(values[story_d]),
+        "trend": trend,
+        "by_story": trend == "rises",
+        "climbs_at": first(values >= values[early] + SHAPE_MARGIN),
+        "majority_at": first(values > MAJORITY),
+    }
+
+
+def _shape_sentence(shape: dict, early: int, story_d: int, n_layers: int) -> str:
+    """The caption's words for `shape_over_depth`: only what its numbers say."""
+    points = f"{round(100 * SHAPE_MARGIN)} percentage points"
+    numbers = (
+        f"the lens top-1 is the model's final choice at {fmt_pct(shape['early'])} of positions "
+        f"after layer {early} and {fmt_pct(shape['at_story'])} at depth {story_d}"
+    )
+    head = {
+        "rises": f"A higher-order description takes shape by the story's depth: {numbers}.",
+        "falls": f"No higher-order description by the story's depth: {numbers}, a fall.",
+        "flat": f"No higher-order description yet at the story's depth: {numbers}, flat.",
+    }[shape["trend"]]
+    rule = (
+        f"(Counted as taking shape when this share rises by {points} or more from layer "
+        f"{early} to depth {story_d}; flat when it moves by less.)"
+    )
+    later = []
+    climbs, majority = shape["climbs_at"], shape["majority_at"]
+    if climbs is not None and climbs > story_d:
+        later.append(f"climbs {points} above its layer-{early} level at depth {climbs}")
+    if majority is not None:
+        later.append(f"exceeds {fmt_pct(MAJORITY)} at depth {majority} of {n_layers}")
+    tail = (
+        f" It first {' and first '.join(later)}."
+        if majority is not None
+        else f" It never exceeds {fmt_pct(MAJORITY)}."
+    )
+    return f"{head} {rule}{tail}"
+
+
+def _norm_sentence(norms: np.ndarray, n_layers: int) -> str:
+    """The residual norm's course, in the words its numbers allow."""
+    first, last = float(norms[0]), float(norms[-1])
+    if last > first * NORM_CHANGE:
+        course = f"grows from {fmt_num(first, 1)} to {fmt_num(last, 1)}"
+    elif last * NORM_CHANGE < first:
+        course = f"shrinks from {fmt_num(first, 1)} to {fmt_num(last, 1)}"
+    else:
+        course = f"ends about where it starts ({fmt_num(first, 1)}, then {fmt_num(last, 1)})"
+    peak = int(np.argmax(np.nan_to_num(norms, nan=-np.inf)))
+    if 0 < peak < len(norms) - 1 and float(norms[peak]) > max(first, last) * NORM_CHANGE:
+        course += f", peaking at {fmt_num(norms[peak], 1)} at depth {peak}"
+    return f"The residual norm at the last position {course} over the {n_layers} blocks."
