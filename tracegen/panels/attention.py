@@ -241,10 +241,10 @@ def build(trace: Trace) -> Panel:
         f"{n_sink_heads} heads put over {fmt_pct(SINK_SHARE)} of their attention on it from "
         f"every position on average. A sink is where a head parks attention it has no use for; "
         f"it is not reading.",
-        f"Re-reading the start (the first Q/A block, {len(start_keys)} tokens after the first, "
-        f"{fmt_pct(uniform_share)} of what the last position can see): the head that reads it "
-        f"most is {head_label(int(best_layer), int(best_head))} with {fmt_pct(best_mass)}; "
-        f"averaged over heads, layer {best_mean_layer + 1} reads it most "
+        f"Re-reading the start (the first Q/A block: {len(start_keys)} tokens, not counting the "
+        f"sink, {fmt_pct(uniform_share)} of what the last position can see): the head that "
+        f"reads it most is {head_label(int(best_layer), int(best_head))} with "
+        f"{fmt_pct(best_mass)}; averaged over heads, layer {best_mean_layer + 1} reads it most "
         f"({fmt_pct(start_mass[best_mean_layer].mean())}).",
         f"{reading_heads} of {n_layers * n_heads} heads give the first block at least "
         f"{START_READ_FACTOR:g}&times; its uniform share.",
