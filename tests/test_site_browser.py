@@ -7,6 +7,7 @@ Chromium missing is a failure (site_helpers.chromium_path raises), never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.site_helpers import (
     CHART_STATES_JS,
@@ -218,6 +220,86 @@ def test_stacked_when_narrow(browser, base_url):
         assert width <= NARROW["width"], f"page is {width}px wide"
         screenshot(page, f"narrow-{scheme}")
         watched.check_clean()
+
+
+# Per chart: is its spec a single view (layers allowed; no concat, facet or repeat), the
+# minimum width it asks for (usermeta.minWidth: narrower panels scroll it), its panel's content
+# width, and the width it is drawn at. An SVG that CSS scales down to its column still counts
+# at the width Vega laid it out at: scaled, its text shrinks with it.
+CHART_FIT_JS = """() => [...document.querySelectorAll('.fp-chart')].map(el => {
+  const spec = JSON.parse(el.dataset.spec);
+  const single = s => !['hconcat', 'vconcat', 'concat', 'facet', 'repeat'].some(k => k in s)
+    && !['row', 'column', 'facet'].some(k => k in (s.encoding || {}))
+    && (s.layer || []).every(single);
+  const panel = el.closest('.fp-panel');
+  const style = getComputedStyle(panel);
+  const drawn = el.querySelector('.fp-vega svg, .fp-vega canvas');
+  const laidOut = drawn && drawn.tagName === 'svg' ? drawn.width.baseVal.value : 0;
+  return {
+    panel: panel.dataset.panel,
+    single: single(spec),
+    minWidth: (spec.usermeta || {}).minWidth || 0,
+    content: panel.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight),
+    width: drawn ? Math.max(drawn.getBoundingClientRect().width, laidOut) : null,
+  };
+})"""
+
+
+def misfits(page: Page) -> list[dict]:
+    """Single-view charts wider than their panel (or than the minimum they ask for), or, in a
+    panel wider than 600 px, narrower than 90% of it."""
+    charts = page.evaluate(CHART_FIT_JS)
+    single = [chart for chart in charts if chart["single"]]
+    assert len(single) >= 5, f"expected several single-view charts: {charts}"
+    return [
+        chart
+        for chart in single
+        if chart["width"] is None
+        or chart["width"] > max(chart["content"], chart["minWidth"]) + 1
+        or (chart["content"] > 600 and chart["width"] < 0.9 * chart["content"])
+    ]
+
+
+def assert_fit(page: Page, when: str) -> None:
+    """Vega lays a "container" chart out again on the window's resize event and draws on the
+    next frame; give it a moment, then report what still does not fit."""
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(f"() => {{ const c = ({CHART_FIT_JS})().filter(c => c.single);"
+                               " return c.every(c => c.width !== null"
+                               " && c.width <= Math.max(c.content, c.minWidth) + 1"
+                               " && (c.content <= 600 || c.width >= 0.9 * c.content)); }",
+                               timeout=5_000)  # fmt: skip
+    bad = misfits(page)
+    assert bad == [], f"{when}: single-view charts that do not fit their panel: {bad}"
+
+
+def test_single_view_charts_fit_their_panel(browser, base_url):
+    """On a phone single views shrink to their panel instead of scrolling; on a desktop they
+    fill it. Both hold after a palette switch (which draws every chart again) and after the
+    window is resized either way (which only lays them out again)."""
+    watched = open_page(browser, base_url, NARROW)
+    page = watched.page
+    assert_drawn(render_all(page))
+    assert_fit(page, "390 px wide")
+    toggle_palette(page)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.fp-chart')].every(el => "
+        "el.dataset.fpScheme === 'slate' && el.dataset.fpState === 'rendered')"
+    )
+    assert_fit(page, "390 px wide, after the palette switch")
+    page.set_viewport_size(WIDE)
+    assert_fit(page, "resized from 390 to 1440 px wide")
+    watched.check_clean()
+
+    watched = open_page(browser, base_url, WIDE, "dark")
+    page = watched.page
+    assert_drawn(render_all(page))
+    assert_fit(page, "1440 px wide")
+    page.set_viewport_size(NARROW)
+    assert_fit(page, "resized from 1440 to 390 px wide")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= NARROW["width"], f"page is {width}px wide after resizing"
+    watched.check_clean()
 
 
 def test_panels_are_keyboard_reachable(browser, base_url):

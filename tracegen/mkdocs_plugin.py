@@ -144,7 +144,11 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
                 )
             except ValueError as error:
                 raise PluginError(f"forward-pass: panel {key} chart {index}: {error}") from None
-            renderer = (chart.spec.get("usermeta") or {}).get("renderer", "svg")
+            usermeta = chart.spec.get("usermeta") or {}
+            renderer = usermeta.get("renderer", "svg")
+            # A chart fitted to its panel may ask not to shrink below a width (it scrolls).
+            min_width = usermeta.get("minWidth")
+            style = f' style="min-width:{int(min_width)}px"' if min_width else ""
             alt = html.escape(chart.alt)
             fallback = ""
             if (key, index) in self.fallbacks:
@@ -155,7 +159,7 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
                 f'<div class="fp-chart" role="img" aria-label="{alt}" '
                 f"data-renderer=\"{html.escape(renderer)}\" data-spec='{attr_single(spec)}'>"
                 # vega-embed relabels its host element, so it draws into this inner one.
-                f'<div class="fp-vega"></div></div>{fallback}'
+                f'<div class="fp-vega"{style}></div></div>{fallback}'
                 f"<figcaption>{alt}</figcaption></figure>"
             )
         verdict = html.escape(panel.verdict)
@@ -233,10 +237,11 @@ def fallback_svg(spec: dict[str, Any]) -> str | None:
     if digest not in _SVG_CACHE:
         import vl_convert
 
-        # "container" widths mean nothing without a page; give the static image a fixed one.
-        static = visible_controls(
-            {**spec, **({"width": 360} if spec.get("width") == "container" else {})}
-        )
+        # "container" widths mean nothing without a page; give the static image a fixed one,
+        # a phone's panel or the chart's minimum width (see render_panel).
+        min_width = int((spec.get("usermeta") or {}).get("minWidth") or 0)
+        fixed = {"width": max(360, min_width)} if spec.get("width") == "container" else {}
+        static = visible_controls({**spec, **fixed})
         try:
             _SVG_CACHE[digest] = vl_convert.vegalite_to_svg(static)
         except Exception as error:  # vl-convert raises plain ValueError with a long message

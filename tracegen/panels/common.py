@@ -8,6 +8,7 @@ turned into `Chart` (a Vega-Lite dict plus its text alternative) by `to_chart`.
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -56,6 +57,9 @@ CATEGORICAL = [
 ]
 # Dense marks (hundreds to thousands of cells) draw faster on a canvas; the site reads this.
 CANVAS = {"renderer": "canvas"}
+# usermeta key: the narrowest a single view may be drawn, in px (axes and legends included);
+# in a narrower panel it keeps this width and scrolls sideways. The site reads this.
+MIN_WIDTH = "minWidth"
 
 
 # --- numbers ----------------------------------------------------------------------------------
@@ -465,10 +469,94 @@ def parse_components(names: Sequence[str], n_layers: int) -> list[Component]:
 
 
 def to_chart(chart: alt.TopLevelMixin, alt_text: str) -> Chart:
-    """Validate and serialise; `to_dict` raises if the spec is not valid Vega-Lite."""
+    """Validate and serialise; `to_dict` raises if the spec is not valid Vega-Lite.
+
+    A single view (layers included) is fitted to its panel by `fit_to_panel`. Several views
+    side by side or stacked cannot be fitted declaratively; they keep their widths and scroll
+    inside the panel when it is narrower.
+    """
     from . import Chart  # the package imports this module, so import at call time
 
-    return Chart(spec=chart.to_dict(), alt=alt_text)
+    spec = chart.to_dict()
+    if is_single_view(spec):
+        spec = fit_to_panel(spec)
+        alt.TopLevelSpec.from_dict(spec)  # still valid Vega-Lite (raises if not)
+    return Chart(spec=spec, alt=alt_text)
+
+
+# Vega-Lite fits only single and layered views to a width; these make a chart several views.
+MULTI_VIEW = frozenset({"hconcat", "vconcat", "concat", "facet", "repeat"})
+FACET_CHANNELS = frozenset({"row", "column", "facet"})
+TITLE_LINE = 40  # characters of a title line: ~300 px in Vega's 13 px bold, a phone's panel
+TITLE_PX = 7.5  # px per character of a title, generously: wider panels keep it on one line
+AXIS_PX = 60  # px of a chart beside its plot: the y axis, its labels and title
+NARROW = 480  # px: in a narrower panel, bottom legends list their entries in one column
+
+
+def is_single_view(spec: dict[str, Any]) -> bool:
+    """One view or a layer of views (no concatenation, facet or repeat at any level)."""
+    if MULTI_VIEW & spec.keys() or FACET_CHANNELS & (spec.get("encoding") or {}).keys():
+        return False
+    return all(is_single_view(layer) for layer in spec.get("layer", []))
+
+
+def fit_to_panel(spec: dict[str, Any]) -> dict[str, Any]:
+    """A single view that fills its panel's width: as wide as the panel on a desktop and
+    shrinking with it on a phone. The width it was built with only sets the proportions of
+    the static fallback image; the height stays as built (fit-x, not fit).
+
+    What would not shrink with it is made to: a long title breaks into lines, and a bottom
+    legend in several columns drops to one when the panel is narrow."""
+    fitted = {
+        **spec,
+        "width": "container",
+        "autosize": {"type": "fit-x", "contains": "padding"},
+    }
+    title = spec.get("title")
+    if isinstance(title, str):
+        fitted["title"] = {"text": wrap_title(title)}
+    elif isinstance(title, dict) and isinstance(title.get("text"), str):
+        fitted["title"] = {**title, "text": wrap_title(title["text"])}
+    return _narrow_legends(fitted)
+
+
+def wrap_title(text: str) -> str | dict[str, str]:
+    """A title that breaks into lines of at most TITLE_LINE characters (at spaces) when the
+    panel is narrower than the title is long, as a Vega-Lite expression; short ones as they
+    are."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= TITLE_LINE:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    if len(lines) < 2:
+        return text
+    one, several = (json.dumps(t, ensure_ascii=False) for t in (text, lines))
+    return {"expr": f"{narrower_than(TITLE_PX * len(text) + AXIS_PX)} ? {several} : {one}"}
+
+
+def narrower_than(px: float) -> str:
+    """A Vega expression: is the chart's container narrower than `px`? True without a page
+    (a static image). It reads the container, not the plot's `width`, which autosize shrinks
+    after laying the chart out (a title or legend changing shape then would not be laid out
+    again); `width` is named only so that a window resize evaluates it again."""
+    return f"!(containerSize()[0] + 0 * width >= {round(px)})"
+
+
+def _narrow_legends(spec: dict[str, Any]) -> dict[str, Any]:
+    encoding = {}
+    for channel, definition in (spec.get("encoding") or {}).items():
+        legend = definition.get("legend") if isinstance(definition, dict) else None
+        columns = legend.get("columns") if isinstance(legend, dict) else None
+        if isinstance(columns, int) and columns > 1 and legend.get("orient") == "bottom":
+            legend = {**legend, "columns": {"expr": f"{narrower_than(NARROW)} ? 1 : {columns}"}}
+            definition = {**definition, "legend": legend}
+        encoding[channel] = definition
+    narrowed = {**spec, **({"encoding": encoding} if "encoding" in spec else {})}
+    if "layer" in spec:
+        narrowed["layer"] = [_narrow_legends(layer) for layer in spec["layer"]]
+    return narrowed
 
 
 def columns(**arrays: Iterable[Any]) -> alt.Data:

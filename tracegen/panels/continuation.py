@@ -15,6 +15,7 @@ from .common import (
     BORNE_OUT,
     CANVAS,
     CATEGORICAL,
+    MIN_WIDTH,
     MIXED,
     NOT_BORNE_OUT,
     SEQUENTIAL,
@@ -105,7 +106,9 @@ def build(trace: Trace) -> Panel:
         ),
     )
     # Labels on data-coloured cells follow the cell's lightness, not the page theme.
-    words = base.mark_text(fontSize=9, limit=max(24, WIDTH // max(len(steps), 1) - 2)).encode(
+    # Labels as wide as their step's column, which follows the panel's width.
+    limit = alt.ExprRef(f"max(24, width / {max(len(steps), 1)} - 4)")
+    words = base.mark_text(fontSize=9, limit=limit).encode(
         x=x,
         y=y,
         text="t:N",
@@ -119,7 +122,8 @@ def build(trace: Trace) -> Panel:
             height=18 * trace.top_k,
             title="The greedy continuation: each step's top choices",
         )
-        .properties(usermeta=CANVAS)
+        # A table of words: narrower than this it scrolls sideways rather than squeeze them.
+        .properties(usermeta={**CANVAS, MIN_WIDTH: WIDTH + 100})
     )
 
     # Chart 2: the count words over depth where the count is due. The narrator's bet and the
