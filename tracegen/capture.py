@@ -11,7 +11,7 @@ import inspect
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -29,13 +29,11 @@ class Capture:
     generated_ids: list[int]
     stop_reason: str
     layers: list[dict[str, torch.Tensor]]  # resid_* [N, D], attn_probs [H, N, N], *_norm [heads, N]
-    final_logits: torch.Tensor  # [N, V], the model's own output
     layer_seconds: list[float]  # median over timing passes, prompt pass
     determinism_max_abs_diff: float
     grad_enabled: bool
     dropout_modules_training: int
     eval_mode: bool
-    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class Recorder:
@@ -241,7 +239,6 @@ class Tracer:
             generated_ids=self.generated,
             stop_reason=self.stop_reason,
             layers=layers,
-            final_logits=torch.cat(self.logits, dim=0),
             layer_seconds=self.layer_seconds,
             determinism_max_abs_diff=self.max_diff,
             grad_enabled=self.grad_enabled,

@@ -56,7 +56,7 @@ def info_text(path: Path, top: int = 5) -> str:
     ids = trace.derived("lens_topk_ids")[-1]
     probs = trace.derived("lens_topk_probs")[-1]
     top = min(top, trace.top_k)
-    vocab = _vocabulary(trace)
+    vocab = trace.vocabulary
     lines = [
         f"trace      {trace.path}",
         f"model      {card.spec} -> {card.architecture} ({card.model_type}), "
@@ -77,16 +77,6 @@ def info_text(path: Path, top: int = 5) -> str:
             token = vocab.get(int(ids[position, rank]), f"#{int(ids[position, rank])}")
             lines.append(f"  {rank + 1}. {token!r:<18} {probs[position, rank]:.4f}")
     return "\n".join(lines)
-
-
-def _vocabulary(trace) -> dict[int, str]:
-    """Decoded strings of the token ids the trace mentions (its own tokens and watched list)."""
-    manifest = trace.manifest
-    vocab = dict(zip(trace.token_ids, trace.token_strings, strict=True))
-    vocab.update(zip(trace.generated_ids, trace.generated_strings, strict=True))
-    vocab.update({w["id"]: w["text"] for w in manifest["derived"]["watched"]})
-    vocab.update({int(k): v for k, v in manifest.get("vocabulary", {}).items()})
-    return vocab
 
 
 def main(argv: list[str] | None = None) -> int:

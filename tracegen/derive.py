@@ -7,13 +7,13 @@ unembedding, is the model's own output.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .capture import Capture
-from .models import Adapter
+from .models import Adapter, Shape
 
 FLOPS_COMPONENTS = ("attn_proj", "attn_scores", "mlp")
 
@@ -123,7 +123,7 @@ def direct_logit_attribution(
     return torch.stack(parts, dim=-1), logit
 
 
-def flops_per_layer(config, n_tokens: int, gated_mlp: bool) -> list[list[float]]:
+def flops_per_layer(shape: Shape, n_tokens: int, gated_mlp: bool) -> list[list[float]]:
     """Analytic multiply-add FLOPs (2 per MAC) of each block for one pass over n_tokens.
 
     attn_proj:   the q, k, v and output projections;
@@ -132,36 +132,17 @@ def flops_per_layer(config, n_tokens: int, gated_mlp: bool) -> list[list[float]]
     mlp:         the up (and gate) and down projections.
     Norms, activations and softmax are a few FLOPs per element and are left out.
     """
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    d_model, heads = text.hidden_size, text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    d_head = getattr(text, "head_dim", None) or d_model // heads
-    d_mlp = mlp_width(text)
-    t = n_tokens
-    attn_proj = 2 * t * d_model * d_head * (2 * heads + 2 * kv_heads)
-    attn_scores = 2 * 2 * heads * t * t * d_head
-    mlp = 2 * t * d_model * d_mlp * (3 if gated_mlp else 2)
-    return [
-        [float(attn_proj), float(attn_scores), float(mlp)] for _ in range(text.num_hidden_layers)
-    ]
+    t, d_head = n_tokens, shape.d_head
+    attn_proj = 2 * t * shape.d_model * d_head * (2 * shape.n_heads + 2 * shape.n_kv_heads)
+    attn_scores = 2 * 2 * shape.n_heads * t * t * d_head
+    mlp = 2 * t * shape.d_model * shape.d_mlp * (3 if gated_mlp else 2)
+    return [[float(attn_proj), float(attn_scores), float(mlp)] for _ in range(shape.n_layers)]
 
 
-def mlp_width(text_config) -> int:
-    for name in ("intermediate_size", "n_inner"):
-        value = getattr(text_config, name, None)
-        if value:
-            return int(value)
-    return 4 * text_config.hidden_size
-
-
-def kv_cache_bytes_per_token(config, bytes_per_value: int) -> int:
+def kv_cache_bytes_per_token(shape: Shape, bytes_per_value: int) -> int:
     """Keys and values of every layer for one more token of context."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    d_head = getattr(text, "head_dim", None) or text.hidden_size // heads
-    return 2 * text.num_hidden_layers * kv_heads * d_head * bytes_per_value
+    return 2 * shape.n_layers * shape.n_kv_heads * shape.d_head * bytes_per_value
 
 
-def as_numpy(tensors: dict[str, torch.Tensor] | Iterable) -> dict:
-    return {name: tensor.detach().cpu().numpy() for name, tensor in dict(tensors).items()}
+def as_numpy(tensors: dict[str, torch.Tensor]) -> dict:
+    return {name: tensor.detach().cpu().numpy() for name, tensor in tensors.items()}

@@ -155,10 +155,6 @@ class Adapter:
         return logits
 
 
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
 def _heads(
     d_head: int, head_norm: nn.Module | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -204,13 +200,39 @@ def _get(root: nn.Module, dotted: str) -> nn.Module | None:
     return module
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The sizes a trace and its FLOPs need, read once from a transformers config, whatever
+    the family calls them."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+
+
+def shape_of(config) -> Shape:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    # GPT-2 names its MLP width n_inner and leaves it None for the default of 4 x width.
+    d_mlp = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None)
+    return Shape(
+        n_layers=text.num_hidden_layers,
+        n_heads=heads,
+        n_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        d_model=text.hidden_size,
+        d_head=getattr(text, "head_dim", None) or text.hidden_size // heads,
+        d_mlp=int(d_mlp or 4 * text.hidden_size),
+    )
+
+
 def adapt(model: nn.Module) -> Adapter:
     """Find the modules of a supported architecture, or name what was looked for."""
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    d_head = getattr(text_config, "head_dim", None) or (
-        text_config.hidden_size // text_config.num_attention_heads
-    )
+    d_head = shape_of(config).d_head
     softcap = getattr(text_config, "final_logit_softcapping", None)
     for layers_path, norm_path, head_path, embed_path in (LLAMA_LIKE, GPT2, GPT_NEOX):
         layers, norm = _get(model, layers_path), _get(model, norm_path)
@@ -251,7 +273,7 @@ def _llama_block(block: nn.Module, d_head: int) -> BlockModules:
 def _gpt2_block(block: nn.Module, d_head: int) -> BlockModules:
     def part(index: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def split(output: torch.Tensor) -> torch.Tensor:
-            query_key_value = _first(output)[0]  # [T, 3 * D], laid out as q | k | v
+            query_key_value = output[0]  # [T, 3 * D], laid out as q | k | v
             width = query_key_value.shape[-1] // 3
             chunk = query_key_value[:, index * width : (index + 1) * width]
             return chunk.reshape(chunk.shape[0], -1, d_head)
@@ -266,7 +288,7 @@ def _gpt2_block(block: nn.Module, d_head: int) -> BlockModules:
 def _neox_block(block: nn.Module, d_head: int) -> BlockModules:
     def part(index: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def split(output: torch.Tensor) -> torch.Tensor:
-            query_key_value = _first(output)[0]  # [T, H * 3 * d_head], per head q | k | v
+            query_key_value = output[0]  # [T, H * 3 * d_head], per head q | k | v
             per_head = query_key_value.reshape(query_key_value.shape[0], -1, 3 * d_head)
             return per_head[..., index * d_head : (index + 1) * d_head]
 

@@ -122,6 +122,7 @@ def run(
         model, tokenizer = models.load(resolved, dtype, device)
         adapter = models.adapt(model)
         config = model.config.get_text_config()
+        shape = models.shape_of(config)
 
     prompt_ids = tokenizer(prompt)["input_ids"]
     max_context = int(
@@ -175,7 +176,7 @@ def run(
         bar.close()
         attribution, final_logit = derive.direct_logit_attribution(adapter, traced)
         components = derive.attribution_components(len(adapter.blocks), adapter)
-        flops = derive.flops_per_layer(config, len(prompt_ids), adapter.gated_mlp)
+        flops = derive.flops_per_layer(shape, len(prompt_ids), adapter.gated_mlp)
         flops_unembedding = 2.0 * len(prompt_ids) * config.hidden_size * config.vocab_size
         n_params = sum(parameter.numel() for parameter in model.parameters())
 
@@ -200,13 +201,11 @@ def run(
             "model_type": config.model_type,
             "family": adapter.family,
             "n_layers": len(adapter.blocks),
-            "n_heads": config.num_attention_heads,
-            "n_kv_heads": getattr(config, "num_key_value_heads", None)
-            or config.num_attention_heads,
-            "d_model": config.hidden_size,
-            "d_head": getattr(config, "head_dim", None)
-            or config.hidden_size // config.num_attention_heads,
-            "d_mlp": derive.mlp_width(config),
+            "n_heads": shape.n_heads,
+            "n_kv_heads": shape.n_kv_heads,
+            "d_model": shape.d_model,
+            "d_head": shape.d_head,
+            "d_mlp": shape.d_mlp,
             "vocab_size": config.vocab_size,
             "n_params": n_params,
             "dtype": dtype,
@@ -247,7 +246,7 @@ def run(
             "flops_components": list(derive.FLOPS_COMPONENTS),
             "flops_unembedding": flops_unembedding,
             "flops_total": float(np.sum(flops)) + flops_unembedding,
-            "kv_cache_bytes_per_token": derive.kv_cache_bytes_per_token(config, bytes_per_value),
+            "kv_cache_bytes_per_token": derive.kv_cache_bytes_per_token(shape, bytes_per_value),
             "determinism_max_abs_logit_diff": traced.determinism_max_abs_diff,
             "eval_mode": traced.eval_mode,
             "grad_enabled": traced.grad_enabled,

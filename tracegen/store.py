@@ -255,6 +255,16 @@ class Trace:
     def _derived(self) -> dict[str, np.ndarray]:
         return {name: _read(self.path / DERIVED_FILE, name) for name in DERIVED_TENSORS}
 
+    @cached_property
+    def vocabulary(self) -> dict[int, str]:
+        """id -> decoded text of every token the trace names: the manifest's table (all lens
+        top-k ids), the traced and generated tokens, the watched tokens."""
+        table = {int(key): text for key, text in self.manifest.get("vocabulary", {}).items()}
+        table.update(zip(self.token_ids, self.token_strings, strict=True))
+        table.update(zip(self.generated_ids, self.generated_strings, strict=True))
+        table.update({int(w["id"]): w["text"] for w in self.watched})
+        return table
+
     def files(self) -> list[Path]:
         """Every file of the trace, manifest first."""
         layers = [self.path / layer_file(index) for index in range(self.n_layers)]

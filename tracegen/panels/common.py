@@ -226,24 +226,8 @@ def token_html(text: str) -> str:
 
 
 def vocabulary(trace: Trace) -> Callable[[int], str]:
-    """id -> token text, from every place the trace spells tokens out.
-
-    The lens stores vocabulary ids; their text comes from the manifest's id -> string table
-    (`vocabulary`: every id the lens ranks), then the prompt, the continuation and the
-    watched tokens. An id spelled nowhere shows as #id.
-    """
-    table: dict[int, str] = {}
-    manifest = trace.manifest
-    for source in (manifest, manifest.get("tokens", {}), manifest.get("derived", {})):
-        for name in ("vocabulary", "vocab"):
-            found = source.get(name)
-            if isinstance(found, dict):
-                table.update({int(key): str(value) for key, value in found.items()})
-            elif isinstance(found, list):
-                table.update(enumerate(map(str, found)))
-    table.update(zip(trace.token_ids, trace.token_strings, strict=False))
-    table.update(zip(trace.generated_ids, trace.generated_strings, strict=False))
-    table.update({int(w["id"]): str(w["text"]) for w in trace.watched})
+    """id -> token text (`Trace.vocabulary`); an id the trace spells nowhere shows as #id."""
+    table = trace.vocabulary
     return lambda token_id: table.get(int(token_id), f"#{int(token_id)}")
 
 
