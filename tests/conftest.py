@@ -35,46 +35,15 @@ def build_tokenizer(folder: Path):
     return fast
 
 
-def tiny_config(family: str, vocab_size: int, max_context: int = 512):
-    """A random-weight model of each supported family, small enough to trace in a second."""
-    import transformers as tf
+# Older test names for the cases of tests/tiny_families.py.
+ALIASES = {"gpt_neox": "gpt-neox", "gemma3": "gemma3-sliding-qknorm"}
 
-    common = {"vocab_size": vocab_size, "bos_token_id": 0, "eos_token_id": 1}
-    if family == "llama":
-        return tf.LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=max_context,
-            **common,
-        )
-    if family == "gpt2":
-        return tf.GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=max_context, **common)
-    if family == "gpt_neox":
-        return tf.GPTNeoXConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=max_context,
-            use_parallel_residual=True,
-            **common,
-        )
-    if family == "gemma3":
-        return tf.Gemma3TextConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=max_context,
-            sliding_window=8,  # shorter than the prompt: the cache then drops old keys
-            **common,
-        )
-    raise ValueError(family)
+
+def tiny_config(family: str, vocab_size: int, max_context: int = 512):
+    """A random-weight model of one case of tests/tiny_families.py (a family, or an alias)."""
+    from .tiny_families import build_config, case_by_name
+
+    return build_config(case_by_name(ALIASES.get(family, family)), vocab_size, max_context)
 
 
 def save_tiny_model(folder: Path, family: str, max_context: int = 512, seed: int = 0) -> Path:

@@ -55,7 +55,7 @@ def test_run_and_info(capsys, llama_dir, tmp_path):
         capsys, "run", "--model", str(llama_dir), "--out", str(out), "--steps", "2"
     )
     assert code == 0, err
-    for stage in ("resolve", "load", "forward", "steps", "derive", "save"):
+    for stage in ("resolve", "load", "forward", "steps", "reference", "lens", "gate", "save"):
         assert f"[{stage}]" in err
     assert "done in" in err
     trace = load_trace(out)
@@ -135,6 +135,8 @@ def test_prompt_longer_than_context(capsys, tiny_model_dir, tmp_path):
 
 
 def test_unsupported_architecture(capsys, tmp_path):
+    """A post-LayerNorm OPT (the residual stream is normalised inside each block) is refused
+    before the forward pass, in one line that says why."""
     import transformers as tf
 
     from .conftest import build_tokenizer
@@ -149,10 +151,13 @@ def test_unsupported_architecture(capsys, tmp_path):
         num_attention_heads=2,
         vocab_size=len(tokenizer),
         word_embed_proj_dim=32,
+        do_layer_norm_before=False,
     )
     tf.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     code, _, err = run_cli(capsys, "run", "--model", str(folder), "--out", str(tmp_path / "x"))
-    assert_one_line_error(code, err, "OPTForCausalLM", "looked for", "self_attn", "c_attn")
+    assert_one_line_error(code, err, "OPTForCausalLM", "do_layer_norm_before=False")
+    assert "[forward]" not in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_existing_out_needs_force_and_survives(capsys, tiny_trace, llama_dir, tmp_path):

@@ -1,5 +1,13 @@
 """One forward pass over the prompt, then greedy steps with the KV cache, recorded layer by
-layer through hooks (torch).
+layer (torch).
+
+Two recorders work together. Hooks on each block copy the residual stream it reads and
+returns and what its attention and MLP write. The attention function registered with
+`transformers.AttentionInterface` as "tracegen" receives every layer's query, key and value
+after projection, q/k norms and rotary embedding, calls the modeling file's own
+`eager_attention_forward` (so Gemma keeps its soft-cap), and keeps the per-head norms and the
+attention probabilities. Falcon and BLOOM compute attention inline; for them a wrapper around
+their own q/k/v split (and rotary function) does the same.
 
 The result covers positions 0..N-1: the prompt's tokens, then each generated token that was
 fed back in. The last generated token is predicted but never fed, so it has no position.
@@ -9,16 +17,18 @@ from __future__ import annotations
 
 import inspect
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .models import Adapter
+from .families import Adapter, FamilyError
 
 RESIDUAL_NAMES = ("resid_in", "resid_out", "attn_out", "mlp_out")
 QKV_NAMES = ("q_norm", "k_norm", "v_norm")
+ATTENTION_NAME = "tracegen"
 
 
 @dataclass
@@ -29,37 +39,97 @@ class Capture:
     generated_ids: list[int]
     stop_reason: str
     layers: list[dict[str, torch.Tensor]]  # resid_* [N, D], attn_probs [H, N, N], *_norm [heads, N]
-    layer_seconds: list[float]  # median over timing passes, prompt pass
+    layer_seconds: list[float]  # per block, from the recorded prompt pass
+    score_errors: list[float]  # per block: recomputed q·k softmax vs the weights the layer used
     determinism_max_abs_diff: float
     grad_enabled: bool
     dropout_modules_training: int
     eval_mode: bool
 
 
+# The recorder of the pass under way; the registered attention function reports to it.
+_ACTIVE: list[Recorder] = []
+
+
+def _recording_attention(module, query, key, value, attention_mask, **kwargs):
+    """Registered as attn_implementation="tracegen": the modeling file's own eager attention,
+    recorded. query [B, H, T, d_head], key/value [B, G, keys, d_head], post norm and rotary."""
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    output, weights = eager(module, query, key, value, attention_mask, **kwargs)
+    if _ACTIVE:
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+
+        def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            logits = (q @ k.transpose(-1, -2)) * scaling
+            softcap = kwargs.get("softcap")
+            return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+        _ACTIVE[-1].on_attention(
+            module.layer_idx, query, key, value, weights, attention_mask, scores
+        )
+    return output, weights
+
+
+def register_attention() -> None:
+    """Make attn_implementation="tracegen" known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTENTION_NAME, _recording_attention)
+    # The recorder calls eager attention, which wants eager's additive float mask.
+    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+
+
 class Recorder:
-    """Hooks that copy each block's residual traffic and per-head q/k/v norms for one pass."""
+    """For one pass: what each block reads and writes, and what its attention computes."""
 
     def __init__(self, adapter: Adapter):
         self.adapter = adapter
-        self.records: list[dict[str, torch.Tensor]] = []
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.records: list[dict[str, torch.Tensor]] = [{} for _ in adapter.blocks]
+        self.score_errors = [0.0] * len(adapter.blocks)
+        self.handles: list = []
+        self.undo: list[Callable[[], None]] = []
 
     def __enter__(self) -> Recorder:
-        for index, modules in enumerate(self.adapter.blocks):
-            self._hook_block(index, modules)
+        for index, block in enumerate(self.adapter.blocks):
+            self._hook_block(index, block)
+            if self.adapter.family.qkv != "interface":
+                self._hook_inline_attention(index)
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc_info) -> None:
+        _ACTIVE.remove(self)
         for handle in self.handles:
             handle.remove()
-
-    def start_pass(self) -> None:
-        self.records = [{} for _ in self.adapter.blocks]
+        for undo in self.undo:
+            undo()
 
     def _keep(self, index: int, name: str, tensor: torch.Tensor) -> None:
-        self.records[index][name] = tensor.detach().to("cpu", torch.float32)
+        # clone: Falcon adds attention into the MLP's output tensor in place.
+        self.records[index][name] = tensor.detach().to("cpu", torch.float32, copy=True)
 
-    def _hook_block(self, index: int, modules) -> None:
+    def on_attention(self, index, query, key, value, weights, mask, scores) -> None:
+        """Per-head norms of what enters the scores, the probabilities, and a check that
+        the probabilities follow from these very queries and keys."""
+        rows = query.shape[2]
+        self._keep(index, "q_norm", query[0].float().norm(dim=-1))  # [H, T]
+        self._keep(index, "k_norm", key[0, :, -rows:].float().norm(dim=-1))  # [G, T]
+        self._keep(index, "v_norm", value[0, :, -rows:].float().norm(dim=-1))  # [G, T]
+        self._keep(index, "attn_probs", weights[0])  # [H, T, keys]
+        groups = query.shape[1] // key.shape[1]
+        keys = key.float().repeat_interleave(groups, dim=1)  # [B, H, keys, d_head]
+        logits = scores(query.float(), keys)
+        if mask is not None:
+            logits = logits + mask[..., : keys.shape[-2]].float()
+        error = (logits.softmax(-1) - weights.float()).abs().max()
+        self.score_errors[index] = max(self.score_errors[index], float(error))
+
+    def _hook_block(self, index: int, block) -> None:
+        attn_write, mlp_write = self.adapter.writers(index)
+        scale = self.adapter.write_scale
+        with_residual = self.adapter.family.writes_include_residual
+
         def block_input(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             self._keep(index, "resid_in", hidden[0])
@@ -68,23 +138,93 @@ class Recorder:
             self._keep(index, "resid_out", _first(output)[0])
 
         def writer(name: str) -> Callable:
-            return lambda module, args, output: self._keep(index, name, _first(output)[0])
+            def hook(module, args, kwargs, output):
+                written = _first(output)
+                # OPT runs its MLP on [B * T, D]; everything else on [B, T, D]. B is 1.
+                written = written if written.dim() == 2 else written[0]
+                if with_residual:  # BLOOM's modules return residual + write
+                    residual = args[1] if len(args) > 1 else kwargs["residual"]
+                    written = written - residual[0]
+                self._keep(index, name, written * scale if scale != 1.0 else written)
 
-        def head_norms(name: str, to_heads: Callable) -> Callable:
-            # [T, heads, d_head] -> [heads, T]
-            return lambda module, args, output: self._keep(
-                index, name, to_heads(output).norm(dim=-1).transpose(0, 1)
-            )
+            return hook
 
-        block = modules.block
         self.handles += [
             block.register_forward_pre_hook(block_input, with_kwargs=True),
             block.register_forward_hook(block_output, with_kwargs=True),
-            modules.attn_write.register_forward_hook(writer("attn_out")),
-            modules.mlp_write.register_forward_hook(writer("mlp_out")),
+            attn_write.register_forward_hook(writer("attn_out"), with_kwargs=True),
+            mlp_write.register_forward_hook(writer("mlp_out"), with_kwargs=True),
         ]
-        for name, (module, to_heads) in modules.qkv.items():
-            self.handles.append(module.register_forward_hook(head_norms(name, to_heads)))
+
+    def _hook_inline_attention(self, index: int) -> None:
+        """Falcon and BLOOM: q/k/v from their own split method, rotary from their own
+        function; scores as their forward computes them (q·k scaled, plus ALiBi)."""
+        attention = self.adapter.attention(index)
+        family = self.adapter.family
+        split = getattr(attention, family.qkv)
+        seen: dict = {}
+
+        def recording_split(fused):
+            seen["qkv"] = split(fused)
+            return seen["qkv"]
+
+        def before(module, args, kwargs):
+            seen.update(kwargs)
+
+        def after(module, args, kwargs, output):
+            query, key, value = seen.pop("qkv")
+            if not family.qkv_heads_first:  # [B, T, heads, d_head] -> [B, heads, T, d_head]
+                query, key, value = (x.transpose(1, 2) for x in (query, key, value))
+            if family.rotary and seen.get("alibi") is None:
+                rotate = sys.modules[type(module).__module__].apply_rotary_pos_emb
+                cos, sin = seen["position_embeddings"]
+                query, key = rotate(query, key, cos, sin)
+            alibi = seen.get("alibi")
+
+            def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+                logits = (q @ k.transpose(-1, -2)) * module.inv_norm_factor
+                if alibi is not None:
+                    logits = logits + alibi.view(*logits.shape[:2], 1, -1).float() * module.beta
+                return logits
+
+            weights = output[1]
+            if weights is not None and key.shape[2] == weights.shape[-1]:  # no cache before
+                self.on_attention(
+                    index, query, key, value, weights, seen.get("attention_mask"), scores
+                )
+            else:  # a cached step: the split holds only the new key; norms are still exact
+                rows = query.shape[2]
+                self._keep(index, "q_norm", query[0].float().norm(dim=-1))
+                self._keep(index, "k_norm", key[0, :, -rows:].float().norm(dim=-1))
+                self._keep(index, "v_norm", value[0, :, -rows:].float().norm(dim=-1))
+                self._keep(index, "attn_probs", weights[0])
+
+        setattr(attention, family.qkv, recording_split)  # shadows the method on this instance
+        self.undo.append(lambda: delattr(attention, family.qkv))
+        self.handles += [
+            attention.register_forward_pre_hook(before, with_kwargs=True),
+            attention.register_forward_hook(after, with_kwargs=True),
+        ]
+
+
+def _cache_of(outputs):
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else outputs.past_key_values
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _is_line_end(token_text: str) -> bool:
+    return "\n" in token_text
+
+
+def use_attention(model, name: str) -> None:
+    """Switch a loaded model between the recorder ("tracegen") and stock "eager"."""
+    if name == ATTENTION_NAME:
+        register_attention()
+    model.set_attn_implementation(name)
 
 
 class LayerTimer:
@@ -94,12 +234,12 @@ class LayerTimer:
         self.adapter = adapter
         self.synchronize = synchronize
         self.seconds = [0.0] * len(adapter.blocks)
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.handles: list = []
 
     def __enter__(self) -> LayerTimer:
-        for index, modules in enumerate(self.adapter.blocks):
-            self.handles.append(modules.block.register_forward_pre_hook(self._start(index)))
-            self.handles.append(modules.block.register_forward_hook(self._stop(index)))
+        for index, block in enumerate(self.adapter.blocks):
+            self.handles.append(block.register_forward_pre_hook(self._start(index)))
+            self.handles.append(block.register_forward_hook(self._stop(index)))
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -121,17 +261,13 @@ class LayerTimer:
         return hook
 
 
-def _cache_of(outputs):
-    cache = getattr(outputs, "cache", None)
-    return cache if cache is not None else outputs.past_key_values
+@dataclass
+class Reference:
+    """The model's own outputs over all traced positions in one pass without the cache,
+    through stock eager attention: what the parity gate compares the trace with."""
 
-
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _is_line_end(token_text: str) -> bool:
-    return "\n" in token_text
+    logits: torch.Tensor  # [N, V] float32, the model's dtype rounded
+    attentions: list[torch.Tensor]  # per block [H, N, N] float32
 
 
 class Tracer:
@@ -142,14 +278,16 @@ class Tracer:
     tracer.greedy_steps(steps)    # generated tokens fed back through the KV cache, recorded
     tracer.time_prompt_pass()     # the prompt pass again: per-block time, determinism
     capture = tracer.result()
+    reference = tracer.reference_pass()  # stock attention, no cache: for the gate
     """
 
     def __init__(self, model, tokenizer, adapter: Adapter, prompt_ids: list[int]):
         self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
         self.prompt_ids = list(prompt_ids)
         self.device = next(model.parameters()).device
+        self.inline = adapter.family.qkv != "interface"
         self.records: list[list[dict[str, torch.Tensor]]] = []  # per pass, per block
-        self.attentions: list[list[torch.Tensor]] = []  # per pass, per block: [H, rows, keys]
+        self.score_errors = [0.0] * len(adapter.blocks)
         self.logits: list[torch.Tensor] = []  # per pass: [rows, V]
         self.generated: list[int] = []
         self.stop_reason = ""
@@ -157,15 +295,29 @@ class Tracer:
         self.grad_enabled = True
         self.layer_seconds: list[float] = []
         self.max_diff = float("nan")
+        if not self.inline:
+            use_attention(model, ATTENTION_NAME)
+
+    def _forward(self, ids: torch.Tensor, **kwargs):
+        # Falcon and BLOOM hand their probabilities out only through output_attentions.
+        return self.model(ids, use_cache=True, output_attentions=self.inline, **kwargs)
 
     def _recorded_pass(self, input_ids: list[int], **kwargs) -> None:
         ids = torch.tensor([input_ids], device=self.device)
         with torch.inference_mode(), Recorder(self.adapter) as recorder:
             self.grad_enabled = torch.is_grad_enabled()
-            recorder.start_pass()
-            outputs = self.model(ids, use_cache=True, output_attentions=True, **kwargs)
+            outputs = self._forward(ids, **kwargs)
+        missing = [i for i, record in enumerate(recorder.records) if "attn_probs" not in record]
+        if missing:
+            raise FamilyError(
+                f"cannot trace {type(self.model).__name__}: layer {missing[0]}'s attention did not "
+                "pass through the recorder "
+                "(a config switch that bypasses transformers' attention interface)"
+            )
         self.records.append(recorder.records)
-        self.attentions.append([probs[0].to("cpu", torch.float32) for probs in outputs.attentions])
+        self.score_errors = [
+            max(a, b) for a, b in zip(self.score_errors, recorder.score_errors, strict=True)
+        ]
         self.logits.append(outputs.logits[0].to("cpu", torch.float32))
         self.cache = _cache_of(outputs)
 
@@ -200,7 +352,7 @@ class Tracer:
             # The last generated token is never fed: its pass would predict past the end.
             self._recorded_pass([next_id], **{cache_argument: self.cache})
 
-    def time_prompt_pass(self, repeats: int = 5) -> None:
+    def time_prompt_pass(self, repeats: int = 1) -> None:
         """The prompt pass again, with hooks that only read the clock. Its logits must match
         the recorded pass exactly; the largest difference is the determinism check."""
         synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
@@ -210,13 +362,29 @@ class Tracer:
         with torch.inference_mode():
             for _ in range(repeats):
                 with LayerTimer(self.adapter, synchronize) as timer:
-                    again = self.model(ids, use_cache=True, output_attentions=True)
+                    again = self._forward(ids)
                 seconds_per_repeat.append(timer.seconds)
                 diff = (again.logits[0].to("cpu", torch.float32) - self.logits[0]).abs().max()
                 self.max_diff = max(self.max_diff, float(diff))
         self.layer_seconds = [
             statistics.median(times) for times in zip(*seconds_per_repeat, strict=True)
         ]
+
+    def reference_pass(self, input_ids: list[int]) -> Reference:
+        """All traced positions at once, without the cache, through stock eager attention."""
+        if not self.inline:
+            use_attention(self.model, "eager")
+        ids = torch.tensor([input_ids], device=self.device)
+        try:
+            with torch.inference_mode():
+                outputs = self.model(ids, use_cache=False, output_attentions=True)
+        finally:
+            if not self.inline:
+                use_attention(self.model, ATTENTION_NAME)
+        return Reference(
+            logits=outputs.logits[0].to("cpu", torch.float32),
+            attentions=[probs[0].to("cpu", torch.float32) for probs in outputs.attentions],
+        )
 
     def result(self) -> Capture:
         n_positions = len(self.prompt_ids) + len(self.records) - 1
@@ -226,7 +394,7 @@ class Tracer:
             layer = {name: torch.cat([r[name] for r in per_pass], dim=0) for name in RESIDUAL_NAMES}
             for name in QKV_NAMES:
                 layer[name] = torch.cat([r[name] for r in per_pass], dim=1)
-            attention = [step[index] for step in self.attentions]
+            attention = [r["attn_probs"] for r in per_pass]
             layer["attn_probs"] = _full_attention(attention, n_positions)
             layers.append(layer)
         dropout_training = sum(
@@ -240,6 +408,7 @@ class Tracer:
             stop_reason=self.stop_reason,
             layers=layers,
             layer_seconds=self.layer_seconds,
+            score_errors=self.score_errors,
             determinism_max_abs_diff=self.max_diff,
             grad_enabled=self.grad_enabled,
             dropout_modules_training=dropout_training,

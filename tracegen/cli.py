@@ -76,7 +76,21 @@ def info_text(path: Path, top: int = 5) -> str:
         for rank in range(top):
             token = vocab.get(int(ids[position, rank]), f"#{int(ids[position, rank])}")
             lines.append(f"  {rank + 1}. {token!r:<18} {probs[position, rank]:.4f}")
-    return "\n".join(lines)
+    return "\n".join(lines + gate_lines(trace.manifest.get("gate")))
+
+
+def gate_lines(gate: dict | None) -> list[str]:
+    """The parity gate's checks as the run recorded them."""
+    if not isinstance(gate, dict) or not isinstance(gate.get("checks"), dict):
+        return ["", "parity gate: not recorded (a trace made before the gate existed)"]
+    verdict = "passed" if gate.get("passed") is True else "FAILED"
+    lines = ["", f"parity gate: {verdict} ({gate.get('dtype')}; largest error, tolerance, where)"]
+    for name, check in gate["checks"].items():
+        lines.append(
+            f"  {name:<16} {float(check['error']):.2e}  <= {float(check['tolerance']):.0e}  "
+            f"{check['where']}"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .models import ModelError
         from .runner import RunError, run
+        from .verify import GateError
 
         try:
             run(
@@ -102,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 force=args.force,
                 quiet=args.quiet,
             )
-        except (ModelError, RunError) as error:
+        except (ModelError, RunError, GateError) as error:
             raise TraceError(str(error)) from None
     except TraceError as error:
         print(f"tracegen: error: {error}", file=sys.stderr)

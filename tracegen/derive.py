@@ -8,12 +8,13 @@ unembedding, is the model's own output.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .capture import Capture
-from .models import Adapter, Shape
+from .families import Adapter, Shape, get_module, text_config
 
 FLOPS_COMPONENTS = ("attn_proj", "attn_scores", "mlp")
 
@@ -70,11 +71,46 @@ def attribution_components(n_layers: int, adapter: Adapter) -> list[str]:
     names = ["embed"]
     for index in range(n_layers):
         names += [f"attn {index}", f"mlp {index}"]
-    if getattr(adapter.final_norm, "bias", None) is not None:
+    if _linear_norm(adapter).bias_matters:
         names.append("norm bias")
-    if adapter.unembed.bias is not None:
+    if getattr(adapter.unembed, "bias", None) is not None:
         names.append("unembed bias")
     return names
+
+
+@dataclass(frozen=True)
+class LinearNorm:
+    """The final norm, frozen at the scale it took: norm(x) = gain * centre(x) * scale + bias.
+
+    Read from the norm module itself, whatever its class (LayerNorm, RMSNorm, Gemma's 1 + w,
+    OLMo's parameter-free LayerNorm, Cohere's mean-subtracting norm without bias), so direct
+    logit attribution works for every family without naming norm classes.
+    """
+
+    centres: bool  # subtracts the mean (LayerNorm-like)
+    gain: torch.Tensor  # [D]
+    bias: torch.Tensor  # [D]
+    bias_matters: bool
+
+    def centre(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(-1, keepdim=True) if self.centres else x
+
+
+def _linear_norm(adapter: Adapter) -> LinearNorm:
+    norm = adapter.final_norm
+    width = adapter.unembed.weight.shape[-1]
+    # norm(0) is the bias alone: a centred, scaled zero vector is still zero.
+    bias = norm(torch.zeros(1, width))[0]
+    # A mean-subtracting norm sends a constant vector to its bias; an RMS norm does not.
+    constant = norm(torch.full((1, width), 3.0))[0]
+    centres = bool((constant - bias).abs().max() <= 1e-4 * (bias.abs().max() + 1.0))
+    # On a large +-1 pattern the epsilon is negligible, so norm(v) - bias = gain * c / rms(c)
+    # with c the (centred) pattern: read the gain off it.
+    pattern = torch.where(torch.arange(width) % 2 == 0, 1e3, -1e3)[None, :]
+    centred = pattern - pattern.mean(-1, keepdim=True) if centres else pattern
+    rms = centred.pow(2).mean(-1, keepdim=True).sqrt()
+    gain = ((norm(pattern) - bias) * rms / centred)[0]
+    return LinearNorm(centres, gain, bias, bool(bias.abs().max() > 0))
 
 
 @torch.inference_mode()
@@ -83,60 +119,102 @@ def direct_logit_attribution(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split each position's top logit into what each component wrote to the residual stream.
 
-    The final norm is linear once its scale (1/RMS, or 1/std for LayerNorm) is frozen at the
-    value it actually took, so each write passes through it separately and the parts sum to
-    the logit. With a logit soft-cap (Gemma 2) the parts sum to the logit before the cap.
+    The final norm is linear once its scale is frozen at the value it actually took, so each
+    write passes through it separately and the parts sum to the logit. The scale is measured
+    from the norm's own output at the final residual (a least-squares fit, exact up to
+    rounding), not from its epsilon. With a logit soft-cap (Gemma 2) the parts sum to the
+    logit before the cap; a logit multiplier (Cohere, Granite) is folded into every part.
     Returns attribution [N, C] in the order of `attribution_components`, and the logit [N].
     """
-    final_resid = capture.layers[-1]["resid_out"]
-    target = adapter.logits(final_resid).argmax(-1)
-    unembed_rows = adapter.unembed.weight[target]  # [N, D]
+    final_resid = capture.layers[-1]["resid_out"]  # [N, D]
+    target = adapter.logits(final_resid).argmax(-1)  # [N]
+    unembed_rows = adapter.unembed.weight[target] * adapter.logit_multiplier  # [N, D]
     writes = [capture.layers[0]["resid_in"]]
     for layer in capture.layers:
         writes += [layer["attn_out"], layer["mlp_out"]]
 
-    norm = adapter.final_norm
-    if isinstance(norm, nn.LayerNorm):
-        centre = final_resid - final_resid.mean(-1, keepdim=True)
-        scale = torch.rsqrt(centre.pow(2).mean(-1, keepdim=True) + norm.eps)
-        gain = norm.weight
+    linear = _linear_norm(adapter)
+    normed = adapter.final_norm(final_resid) - linear.bias  # [N, D]
+    direction = linear.centre(final_resid) * linear.gain  # [N, D]
+    scale = (normed * direction).sum(-1, keepdim=True) / (
+        direction.pow(2).sum(-1, keepdim=True).clamp_min(1e-30)
+    )  # [N, 1]
 
-        def through_norm(write: torch.Tensor) -> torch.Tensor:
-            return (write - write.mean(-1, keepdim=True)) * scale * gain
-    else:
-        eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-        scale = torch.rsqrt(final_resid.pow(2).mean(-1, keepdim=True) + eps)
-        # The effective gain, whatever the parametrisation (w or 1 + w): RMSNorm of a vector
-        # of ones is gain / sqrt(1 + eps).
-        ones = torch.ones(1, final_resid.shape[-1], dtype=final_resid.dtype)
-        gain = norm(ones)[0] * (1.0 + eps) ** 0.5
-
-        def through_norm(write: torch.Tensor) -> torch.Tensor:
-            return write * scale * gain
-
-    parts = [(through_norm(write) * unembed_rows).sum(-1) for write in writes]
-    if getattr(norm, "bias", None) is not None:
-        parts.append(unembed_rows @ norm.bias)
-    if adapter.unembed.bias is not None:
-        parts.append(adapter.unembed.bias[target])
-    logit = adapter.unembed(norm(final_resid)).gather(-1, target[:, None])[:, 0]
+    parts = [((linear.centre(w) * linear.gain * scale) * unembed_rows).sum(-1) for w in writes]
+    if linear.bias_matters:
+        parts.append(unembed_rows @ linear.bias)
+    if getattr(adapter.unembed, "bias", None) is not None:
+        parts.append(adapter.unembed.bias[target] * adapter.logit_multiplier)
+    logit = adapter.logits_before_cap(final_resid).gather(-1, target[:, None])[:, 0]
     return torch.stack(parts, dim=-1), logit
 
 
-def flops_per_layer(shape: Shape, n_tokens: int, gated_mlp: bool) -> list[list[float]]:
-    """Analytic multiply-add FLOPs (2 per MAC) of each block for one pass over n_tokens.
+def flops_per_layer(adapter: Adapter, n_tokens: int) -> list[list[float]]:
+    """Multiply-add FLOPs (2 per MAC) of each block for one pass over n_tokens, counted from
+    the weight matrices each token actually meets.
 
-    attn_proj:   the q, k, v and output projections;
+    attn_proj:   every matrix of the attention module (q, k, v, output; fused or not);
     attn_scores: q·k scores and the weighted sum of values, over the full T x T square that
                  eager attention computes (the causal mask hides half but it is still done);
-    mlp:         the up (and gate) and down projections.
-    Norms, activations and softmax are a few FLOPs per element and are left out.
+    mlp:         every matrix the MLP runs; for a mixture of experts the router and only the
+                 experts a token is routed to (experts per token / experts of the weights).
+    Norms, activations, softmax and biases are a few FLOPs per element and are left out.
     """
-    t, d_head = n_tokens, shape.d_head
-    attn_proj = 2 * t * shape.d_model * d_head * (2 * shape.n_heads + 2 * shape.n_kv_heads)
-    attn_scores = 2 * 2 * shape.n_heads * t * t * d_head
-    mlp = 2 * t * shape.d_model * shape.d_mlp * (3 if gated_mlp else 2)
-    return [[float(attn_proj), float(attn_scores), float(mlp)] for _ in range(shape.n_layers)]
+    family, t = adapter.family, n_tokens
+    config = text_config(adapter.model.config)
+    rows = []
+    for index, block in enumerate(adapter.blocks):
+        attention = adapter.attention(index)
+        attn_proj = 2 * t * _matrix_elements(attention)
+        heads, d_head = _heads_of(adapter, index)
+        attn_scores = 2 * 2 * heads * t * t * d_head
+        mlp_module = _mlp_module(adapter, block)
+        experts = get_module(mlp_module, family.experts) if family.experts else None
+        if experts is not None:
+            router = get_module(mlp_module, family.router)
+            n_experts = _n_experts(experts)
+            per_token = int(getattr(config, family.experts_per_token))
+            expert_elements = sum(p.numel() for p in experts.parameters() if p.dim() >= 2)
+            mlp = 2 * t * (_matrix_elements(router) + expert_elements * per_token / n_experts)
+        else:
+            mlp = 2 * t * _matrix_elements(mlp_module)
+        rows.append([float(attn_proj), float(attn_scores), float(mlp)])
+    return rows
+
+
+def _mlp_module(adapter: Adapter, block: nn.Module) -> nn.Module:
+    """The MLP as a module; OPT keeps fc1/fc2 inline in the block, so those two count."""
+    found = get_module(block, "mlp")
+    if found is not None:
+        return found
+    parts = nn.ModuleList([get_module(block, "fc1"), get_module(block, "fc2")])
+    return parts
+
+
+def _matrix_elements(module: nn.Module) -> int:
+    """Weights of the linear maps inside a module (nn.Linear, GPT-2's Conv1D, routers)."""
+    total = 0
+    for sub in module.modules():
+        weight = getattr(sub, "weight", None)
+        is_norm = "Norm" in type(sub).__name__ or isinstance(sub, nn.Embedding)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2 and not is_norm:
+            total += weight.numel()
+    return total
+
+
+def _n_experts(experts: nn.Module) -> int:
+    if isinstance(experts, nn.ModuleList):
+        return len(experts)
+    return int(experts.num_experts)
+
+
+def _heads_of(adapter: Adapter, index: int) -> tuple[int, int]:
+    """Query heads and head width of one layer, as its attention module declares them."""
+    attention = adapter.attention(index)
+    config = text_config(adapter.model.config)
+    heads = getattr(attention, "num_heads", None) or config.num_attention_heads
+    d_head = getattr(attention, "head_dim", None) or config.hidden_size // heads
+    return int(heads), int(d_head)
 
 
 def kv_cache_bytes_per_token(shape: Shape, bytes_per_value: int) -> int:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,22 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+@dataclass
+class Loaded:
+    resolved: Any  # models.ResolvedModel
+    model: Any
+    tokenizer: Any
+    adapter: Any  # families.Adapter
+    files: list[dict]  # weight files with sizes and sha256
+
+
+@dataclass
+class Tokens:
+    prompt_ids: list[int]
+    watched: list[dict]  # text, id, n_subtokens
+    max_context: int
+
+
 def run(
     model_spec: str | None = None,
     prompt_file: Path | None = None,
@@ -96,34 +113,75 @@ def run(
     top_k: int = DEFAULT_TOP_K,
     quiet: bool = False,
 ) -> Path:
-    """Trace a model on a prompt and write the trace folder. Returns its path."""
-    # Imports here keep `tracegen info` and the site free of torch.
-    import torch
-    from tqdm import tqdm
-
-    from . import capture, derive, models
+    """Trace a model on a prompt, check the trace against the model, write the folder."""
+    from . import models
 
     stages = Stages(quiet)
     prompt_path = Path(prompt_file) if prompt_file else BUNDLED_PROMPT
     prompt = read_prompt(prompt_path)
     if steps is not None and not 1 <= steps <= 256:
         raise RunError(f"--steps must be between 1 and 256, got {steps}")
-
     with stages.stage("resolve", model_spec or models.DEFAULT_SPEC):
         resolved = models.resolve(model_spec)
         out_dir = Path(out) if out else Path("traces") / resolved.slug
         store.check_target(out_dir, force)  # before the slow part; again when writing
+    loaded = load_stage(stages, resolved, dtype, device)
+    tokens = tokenize_stage(loaded, prompt, steps, watched)
+    traced, reference = forward_stage(stages, loaded, tokens, steps, quiet)
+    derived = derive_stage(stages, loaded, traced, tokens, top_k, quiet)
+    with stages.stage("gate", "the trace against the model's own outputs"):
+        from . import verify
+
+        report = verify.run_gate(
+            loaded.adapter,
+            traced,
+            reference,
+            derived["attribution"],
+            derived["final_logit"],
+            dtype,
+        )
+        verify.require(report)
+        worst = max(report.checks, key=lambda check: check.error / check.tolerance)
+        stages.say(
+            f"[gate] {len(report.checks)} checks passed; closest to its tolerance: "
+            f"{worst.name} {worst.error:.2g} of {worst.tolerance:.2g}"
+        )
+    manifest = build_manifest(
+        loaded,
+        tokens,
+        traced,
+        derived,
+        report,
+        prompt,
+        prompt_path,
+        device,
+        dtype,
+        steps,
+        top_k,
+        stages,
+    )
+    return save_stage(stages, out_dir, manifest, traced, derived, force, quiet)
+
+
+def load_stage(stages: Stages, resolved, dtype: str, device: str) -> Loaded:
+    from . import families, models
+
+    with stages.stage("hash", "sha256 of the weight files"):
         files = [
             {"name": path.name, "bytes": path.stat().st_size, "sha256": models.sha256_file(path)}
             for path in resolved.weight_files()
         ]
-
     with stages.stage("load", f"{resolved.source} {resolved.gguf_file or ''}".strip()):
         model, tokenizer = models.load(resolved, dtype, device)
-        adapter = models.adapt(model)
-        config = model.config.get_text_config()
-        shape = models.shape_of(config)
+        adapter = families.adapt(model)
+    return Loaded(resolved, model, tokenizer, adapter, files)
 
+
+def tokenize_stage(
+    loaded: Loaded, prompt: str, steps: int | None, watched: tuple[str, ...]
+) -> Tokens:
+    tokenizer = loaded.tokenizer
+    config = loaded.model.config.get_text_config()
     prompt_ids = tokenizer(prompt)["input_ids"]
     max_context = int(
         getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0) or 0
@@ -140,12 +198,19 @@ def run(
         if not ids:
             raise RunError(f"watched token {text!r} encodes to nothing with this tokenizer")
         watched_ids.append({"text": text, "id": ids[0], "n_subtokens": len(ids)})
+    return Tokens(prompt_ids, watched_ids, max_context)
 
-    tracer = capture.Tracer(model, tokenizer, adapter, prompt_ids)
-    layers_text = f"{len(prompt_ids)} prompt tokens through {len(adapter.blocks)} layers"
-    with stages.stage("forward", layers_text):
+
+def forward_stage(stages: Stages, loaded: Loaded, tokens: Tokens, steps: int | None, quiet: bool):
+    """The recorded prompt pass, the greedy steps, one clock-only pass, and the reference."""
+    from tqdm import tqdm
+
+    from . import capture
+
+    tracer = capture.Tracer(loaded.model, loaded.tokenizer, loaded.adapter, tokens.prompt_ids)
+    layers_text = f"{len(tokens.prompt_ids)} prompt tokens through {len(loaded.adapter.blocks)}"
+    with stages.stage("forward", f"{layers_text} layers"):
         tracer.prompt_pass()
-
     with stages.stage("steps", "greedy, with the KV cache"):
         bar = tqdm(total=steps or 16, desc="greedy steps", disable=quiet, leave=False)
         shown: list[str] = []
@@ -158,35 +223,79 @@ def run(
         tracer.greedy_steps(steps, on_step=on_step)
         bar.close()
         stages.say(f"[steps] {len(shown)} generated: {''.join(shown)!r} ({tracer.stop_reason})")
-
-    with stages.stage("timing", "the prompt pass again, five times, clock only"):
+    with stages.stage("timing", "the prompt pass again, clock only"):
         tracer.time_prompt_pass()
     traced = tracer.result()
+    with stages.stage("reference", "all positions, no cache, the model's own attention"):
+        reference = tracer.reference_pass(traced.input_ids)
+    return traced, reference
 
-    with stages.stage("derive", "logit lens, watched tokens, attribution, FLOPs"):
-        # Derived quantities in float32 on the CPU, where the captured tensors are, whatever
-        # dtype and device the pass ran in. (torch's own methods: transformers refuses .float()
-        # on models loaded from GGUF, which are float32 after de-quantising anyway.)
-        torch.nn.Module.float(torch.nn.Module.to(model, "cpu"))
-        adapter = models.adapt(model)
+
+def derive_stage(
+    stages: Stages, loaded: Loaded, traced, tokens: Tokens, top_k: int, quiet: bool
+) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from . import derive, families
+
+    # Derived quantities in float32 on the CPU, where the captured tensors are, whatever
+    # dtype and device the pass ran in. (torch's own methods: transformers refuses .float()
+    # on models loaded from GGUF, which are float32 after de-quantising anyway.)
+    torch.nn.Module.float(torch.nn.Module.to(loaded.model, "cpu"))
+    adapter = loaded.adapter = families.adapt(loaded.model)
+    with stages.stage("lens", f"{len(adapter.blocks) + 1} depths over the full vocabulary"):
         bar = tqdm(total=len(adapter.blocks) + 1, desc="lens depths", disable=quiet, leave=False)
         lens = derive.logit_lens(
-            adapter, traced, [w["id"] for w in watched_ids], top_k, on_depth=lambda d: bar.update(1)
+            adapter,
+            traced,
+            [w["id"] for w in tokens.watched],
+            top_k,
+            on_depth=lambda depth: bar.update(1),
         )
         bar.close()
+    with stages.stage("attribution", "direct logit attribution, FLOPs"):
         attribution, final_logit = derive.direct_logit_attribution(adapter, traced)
-        components = derive.attribution_components(len(adapter.blocks), adapter)
-        flops = derive.flops_per_layer(shape, len(prompt_ids), adapter.gated_mlp)
-        flops_unembedding = 2.0 * len(prompt_ids) * config.hidden_size * config.vocab_size
-        n_params = sum(parameter.numel() for parameter in model.parameters())
+        flops = derive.flops_per_layer(adapter, len(tokens.prompt_ids))
+    return {**lens, "attribution": attribution, "final_logit": final_logit, "flops": flops}
 
+
+def build_manifest(
+    loaded: Loaded,
+    tokens: Tokens,
+    traced,
+    derived: dict,
+    report,
+    prompt: str,
+    prompt_path: Path,
+    device: str,
+    dtype: str,
+    steps: int | None,
+    top_k: int,
+    stages: Stages,
+) -> dict[str, Any]:
+    import torch
+
+    from . import derive, families
+
+    model, tokenizer, adapter, resolved = (
+        loaded.model,
+        loaded.tokenizer,
+        loaded.adapter,
+        loaded.resolved,
+    )
+    config = model.config.get_text_config()
+    shape = families.shape_of(adapter, int(traced.layers[0]["k_norm"].shape[0]))
+    prompt_ids = tokens.prompt_ids
+    flops = derived["flops"]
+    flops_unembedding = 2.0 * len(prompt_ids) * shape.d_model * config.vocab_size
     # The site has no tokenizer: every id the trace can show is decoded here, once.
-    shown_ids = set(np.unique(lens["lens_topk_ids"].numpy()).tolist())
-    shown_ids |= set(traced.input_ids) | set(traced.generated_ids) | {w["id"] for w in watched_ids}
+    shown_ids = set(np.unique(derived["lens_topk_ids"].numpy()).tolist())
+    shown_ids |= set(traced.input_ids) | set(traced.generated_ids)
+    shown_ids |= {w["id"] for w in tokens.watched}
     vocabulary = {str(token): tokenizer.decode([token]) for token in sorted(shown_ids)}
     bytes_per_value = torch.finfo(getattr(torch, dtype)).bits // 8
-    strings = [tokenizer.decode([token]) for token in traced.input_ids]
-    manifest: dict[str, Any] = {
+    return {
         "libraries": _versions(),
         "model": {
             "spec": resolved.spec,
@@ -196,23 +305,24 @@ def run(
             "source_kind": resolved.kind,
             "gguf_file": resolved.gguf_file,
             "slug": resolved.slug,
-            "files": files,
+            "files": loaded.files,
             "architecture": type(model).__name__,
             "model_type": config.model_type,
-            "family": adapter.family,
-            "n_layers": len(adapter.blocks),
+            "family": adapter.family.name,
+            "family_overrides": adapter.family.overrides(),
+            "n_layers": shape.n_layers,
             "n_heads": shape.n_heads,
             "n_kv_heads": shape.n_kv_heads,
             "d_model": shape.d_model,
             "d_head": shape.d_head,
             "d_mlp": shape.d_mlp,
             "vocab_size": config.vocab_size,
-            "n_params": n_params,
+            "n_params": sum(parameter.numel() for parameter in model.parameters()),
             "dtype": dtype,
-            "max_context": max_context,
-            "gated_mlp": adapter.gated_mlp,
-            "parallel_residual": adapter.parallel_residual,
+            "max_context": tokens.max_context,
             "final_norm": type(adapter.final_norm).__name__,
+            "write_scale": adapter.write_scale,
+            "logit_multiplier": adapter.logit_multiplier,
             "logit_softcap": adapter.logit_softcap,
         },
         "tokenizer": {
@@ -229,7 +339,7 @@ def run(
         },
         "tokens": {
             "ids": traced.input_ids,
-            "strings": strings,
+            "strings": [tokenizer.decode([token]) for token in traced.input_ids],
             "pieces": tokenizer.convert_ids_to_tokens(traced.input_ids),
             "n_prompt": len(prompt_ids),
             "generated_ids": traced.generated_ids,
@@ -239,10 +349,11 @@ def run(
         "n_positions": len(traced.input_ids),
         "vocabulary": vocabulary,
         "run": {"device": device, "dtype": dtype, "steps": steps, "stage_seconds": stages.seconds},
+        "gate": report.as_manifest(),
         "derived": {
             "top_k": top_k,
-            "watched": watched_ids,
-            "attribution_components": components,
+            "watched": tokens.watched,
+            "attribution_components": derive.attribution_components(len(adapter.blocks), adapter),
             "flops_components": list(derive.FLOPS_COMPONENTS),
             "flops_unembedding": flops_unembedding,
             "flops_total": float(np.sum(flops)) + flops_unembedding,
@@ -255,26 +366,32 @@ def run(
             "lens_entropy_unit": "nats",
         },
     }
+
+
+def save_stage(
+    stages: Stages, out_dir: Path, manifest: dict, traced, derived: dict, force: bool, quiet: bool
+) -> Path:
+    from tqdm import tqdm
+
+    from . import derive
+
     layers = []
     for layer in traced.layers:
         tensors = derive.as_numpy(layer)
         tensors["attn_probs_tril"] = store.pack_tril(tensors.pop("attn_probs"))
         layers.append(tensors)
-    derived = derive.as_numpy(lens)
-    derived.update(
-        attribution=attribution.numpy(),
-        final_logit=final_logit.numpy(),
-        flops=np.asarray(flops, dtype=np.float64),
+    arrays = derive.as_numpy({k: v for k, v in derived.items() if k != "flops"})
+    arrays.update(
+        flops=np.asarray(derived["flops"], dtype=np.float64),
         layer_seconds=np.asarray(traced.layer_seconds, dtype=np.float64),
     )
-
     with stages.stage("save", str(out_dir)):
         bar = tqdm(total=len(layers), desc="layer files", disable=quiet, leave=False)
         store.write_trace(
             out_dir,
             manifest,
             layers,
-            derived,
+            arrays,
             force=force,
             progress=lambda done, total: bar.update(1),
         )

@@ -1,0 +1,167 @@
+"""The parity gate: a trace is checked against the model's own outputs before it is written
+(torch).
+
+The reference is one pass of the model over every traced position without the KV cache,
+through the model's stock eager attention (`capture.Reference`), so it shares nothing with
+the recorder but the weights. Each check gives its largest error and where it occurred;
+tolerances depend on the dtype the model ran in, since the captured tensors are that dtype's
+values and the reference rounds its own arithmetic in it. The run refuses a trace when any
+check exceeds its tolerance, and the manifest keeps every check's error.
+
+Checks (all positions of the prompt and of every greedy step):
+  lens_logprobs       the logit lens at the last depth (final norm, unembedding, logit
+                      scaling and soft-cap, from the recorded residual stream) against the
+                      model's own log-probabilities, over tokens the model gives >= 1e-4;
+  block_identity      resid_out = resid_in + attn_out + mlp_out in every block, relative to
+                      the block's largest |resid_out|;
+  residual_chain      resid_in of block i+1 = resid_out of block i, same scale;
+  attention           the recorded probabilities (prompt pass plus cached steps) against the
+                      model's own, every layer, head, row and key;
+  qk_scores           softmax of the recorded queries and keys (scaled, soft-capped, masked,
+                      ALiBi where the model has it) against the probabilities the layer used:
+                      the stored q/k norms are those of the vectors that meet in the scores;
+  attribution_sum     direct logit attribution of each position's predicted token sums to
+                      its logit (before any soft-cap), relative to max(1, |logit|).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .capture import Capture, Reference
+from .families import Adapter
+
+# Largest error allowed per check and dtype. float32 runs leave only summation-order
+# rounding; half-precision runs compare float32 recomputation with the model's own rounding.
+TOLERANCES: dict[str, dict[str, float]] = {
+    "float32": {
+        "lens_logprobs": 2e-3,
+        "block_identity": 1e-4,
+        "residual_chain": 1e-6,
+        "attention": 1e-4,
+        "qk_scores": 1e-4,
+        "attribution_sum": 1e-3,
+    },
+    "float16": {
+        "lens_logprobs": 0.1,
+        "block_identity": 5e-3,
+        "residual_chain": 1e-6,
+        "attention": 5e-3,
+        "qk_scores": 2e-2,
+        # The writes are half-precision values; their float32 sum differs from the final
+        # residual by the rounding of every block's additions (as block_identity measures).
+        "attribution_sum": 5e-3,
+    },
+    "bfloat16": {
+        "lens_logprobs": 0.5,
+        "block_identity": 3e-2,
+        "residual_chain": 1e-6,
+        "attention": 3e-2,
+        # Recomputed in float32; some models round q·k to bfloat16 before the softmax.
+        "qk_scores": 0.1,
+        "attribution_sum": 3e-2,
+    },
+}
+LIKELY = 1e-4  # the lens check looks at tokens the model gives at least this probability
+
+
+class GateError(RuntimeError):
+    """A check failed: the trace would not be what the model computed. One line."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    error: float
+    tolerance: float
+    where: str  # e.g. "layer 3", "position 17"
+
+    @property
+    def passed(self) -> bool:
+        return self.error <= self.tolerance  # NaN fails too
+
+
+@dataclass(frozen=True)
+class GateReport:
+    checks: list[Check]
+    dtype: str
+    reference_rows_sum_to_one: bool  # False for models with attention sinks
+    reference_row_sum_error: float
+
+    def as_manifest(self) -> dict:
+        return {
+            "dtype": self.dtype,
+            "passed": all(check.passed for check in self.checks),
+            "checks": {
+                check.name: {**asdict(check), "passed": check.passed} for check in self.checks
+            },
+            "attention_rows_sum_to_one": self.reference_rows_sum_to_one,
+            "attention_row_sum_max_error": self.reference_row_sum_error,
+        }
+
+
+def _worst(errors: list[float], label: str) -> tuple[float, str]:
+    """The largest error and where; NaN counts as the worst."""
+    index = max(
+        range(len(errors)), key=lambda i: float("inf") if errors[i] != errors[i] else errors[i]
+    )
+    return float(errors[index]), f"{label} {index}"
+
+
+@torch.inference_mode()
+def run_gate(
+    adapter: Adapter,
+    capture: Capture,
+    reference: Reference,
+    attribution: torch.Tensor,
+    final_logit: torch.Tensor,
+    dtype: str,
+) -> GateReport:
+    """Every check's largest error. Raises nothing: `require` decides."""
+    tolerance = TOLERANCES[dtype]
+    checks: list[Check] = []
+
+    def add(name: str, error: float, where: str) -> None:
+        checks.append(Check(name, error, tolerance[name], where))
+
+    lens = adapter.logits(capture.layers[-1]["resid_out"]).log_softmax(-1)  # [N, V]
+    own = reference.logits.log_softmax(-1)  # [N, V]
+    likely = own.exp() >= LIKELY
+    per_position = torch.where(likely, (lens - own).abs(), 0.0).amax(-1)  # [N]
+    add("lens_logprobs", *_worst(per_position.tolist(), "position"))
+
+    identity, chain = [], []
+    for index, layer in enumerate(capture.layers):
+        scale = layer["resid_out"].abs().max().clamp_min(1e-30)
+        written = layer["resid_in"] + layer["attn_out"] + layer["mlp_out"]
+        identity.append(float((written - layer["resid_out"]).abs().max() / scale))
+        if index + 1 < len(capture.layers):
+            following = capture.layers[index + 1]["resid_in"]
+            chain.append(float((following - layer["resid_out"]).abs().max() / scale))
+    add("block_identity", *_worst(identity, "layer"))
+    add("residual_chain", *_worst(chain or [0.0], "layer"))
+
+    attention = [
+        float((layer["attn_probs"] - own_probs).abs().max())
+        for layer, own_probs in zip(capture.layers, reference.attentions, strict=True)
+    ]
+    add("attention", *_worst(attention, "layer"))
+    add("qk_scores", *_worst(capture.score_errors, "layer"))
+
+    attributed = (attribution.sum(-1) - final_logit).abs() / final_logit.abs().clamp_min(1.0)
+    add("attribution_sum", *_worst(attributed.tolist(), "position"))
+
+    row_error = max(float((probs.sum(-1) - 1.0).abs().max()) for probs in reference.attentions)
+    return GateReport(checks, dtype, row_error <= 1e-3, row_error)
+
+
+def require(report: GateReport) -> None:
+    """Refuse the trace, in one line, at the first failed check."""
+    for check in report.checks:
+        if not check.passed:
+            raise GateError(
+                f"parity gate: {check.name} failed at {check.where}: error {check.error:.3g} > "
+                f"tolerance {check.tolerance:.3g} ({report.dtype}); nothing was written"
+            )
