@@ -143,6 +143,18 @@ def test_made_page_reads_the_manifest(site: Path) -> None:
         assert f"../traces/{m.slug}/{path.name}" in links
 
 
+def test_made_page_shows_the_parity_gate(site: Path) -> None:
+    """Every check the run recorded, with its largest error as the manifest has it."""
+    gate = load_trace(DEFAULT_TRACE).manifest["gate"]
+    text = html.unescape((site / "made" / "index.html").read_text(encoding="utf-8"))
+    assert gate["passed"] is True and "Every check passed for this trace" in text
+    assert len(gate["checks"]) == 6
+    for name, check in gate["checks"].items():
+        assert name in text
+        shown = f"{check['error']:.2e} (tolerance {check['tolerance']:.0e}, {check['where']})"
+        assert shown in text
+
+
 def test_another_trace_changes_charts_and_captions(site: Path, tiny_trace: Path, tmp_path: Path):
     """The tiny random Llama's trace (tests/conftest.py) gives its own charts and captions."""
     other = tmp_path / "site"

@@ -312,6 +312,42 @@ def fill_model_card(plugin: ForwardPassPlugin, page: Page) -> str:
     return table(("Property", "Value"), rows)
 
 
+# What each check of the parity gate compares (tracegen/verify.py says how).
+GATE_CHECKS = {
+    "lens_logprobs": "logit lens at the last depth vs the model's own log-probabilities",
+    "block_identity": "resid_out = resid_in + attn_out + mlp_out, relative to |resid_out|",
+    "residual_chain": "resid_in of each block = resid_out of the block before",
+    "attention": "recorded attention vs the model's own, every layer, head, row and key",
+    "qk_scores": "softmax of the recorded queries and keys vs the layer's probabilities",
+    "attribution_sum": "direct logit attribution parts sum to the logit",
+}
+
+
+def fill_gate(plugin: ForwardPassPlugin, page: Page) -> str:
+    gate = plugin.trace.manifest.get("gate")
+    if not isinstance(gate, dict) or not isinstance(gate.get("checks"), dict):
+        return "This trace was made before the parity gate existed: it records no checks."
+    rows = []
+    for name, check in gate["checks"].items():
+        what = GATE_CHECKS.get(name, "")
+        rows.append((
+            f"`{html.escape(str(name))}`: {html.escape(what)}",
+            f"{float(check['error']):.2e} (tolerance {float(check['tolerance']):.0e}, "
+            f"{html.escape(str(check['where']))})",
+        ))  # fmt: skip
+    verdict = "passed" if gate.get("passed") is True else "did **not** pass"
+    sums = (
+        "sum to 1"
+        if gate.get("attention_rows_sum_to_one")
+        else "do not all sum to 1 (the model has attention sinks or similar)"
+    )
+    return (
+        f"Every check {verdict} for this trace, made in `{html.escape(str(gate.get('dtype')))}`; "
+        f"the model's own attention rows {sums}.\n\n"
+        + table(("Check", "Largest error"), rows)
+    )
+
+
 def fill_provenance(plugin: ForwardPassPlugin, page: Page) -> str:
     """The rest of the manifest, one table per section (token lists and the prompt text are
     shown elsewhere; the vocabulary excerpt is only counted)."""
@@ -337,7 +373,7 @@ def fill_provenance(plugin: ForwardPassPlugin, page: Page) -> str:
     return "\n\n".join(parts)
 
 
-PROVENANCE_SKIP = {"tokens", "vocabulary", "schema", "schema_version"}
+PROVENANCE_SKIP = {"tokens", "vocabulary", "schema", "schema_version", "gate"}
 PROVENANCE_SKIP_FIELDS = {("prompt", "text")}
 
 
@@ -405,4 +441,5 @@ FILLERS: dict[str, Callable[[ForwardPassPlugin, Page], str]] = {
     "prompt": fill_prompt,
     "tokens": fill_tokens,
     "downloads": fill_downloads,
+    "gate": fill_gate,
 }
