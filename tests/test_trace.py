@@ -158,3 +158,20 @@ def test_unembedding_flops_and_cache_by_hand(tiny_trace):
     derived = trace.manifest["derived"]
     assert derived["flops_unembedding"] == 2 * t * 64 * trace.model.vocab_size
     assert derived["kv_cache_bytes_per_token"] == 2 * 2 * 2 * 16 * 4  # k and v, float32
+
+
+def test_top_k_breaks_ties_by_token_id():
+    """Equal values keep ascending ids, inside the k and at the k-th place, so a trace's top-k
+    order does not depend on the machine."""
+    from tracegen.derive import top_k_by_id
+
+    values = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [5.0, 1.0, 1.0, 1.0, 0.0]])
+    top_values, top_ids = top_k_by_id(values, 2)
+    assert top_ids.tolist() == [[1, 2], [0, 1]]
+    assert top_values.tolist() == [[3.0, 3.0], [5.0, 1.0]]
+    assert top_k_by_id(values, 4)[1].tolist() == [[1, 2, 4, 3], [0, 1, 2, 3]]
+    # Against a full stable sort of every row, on random values with many ties.
+    generator = torch.Generator().manual_seed(0)
+    many = torch.randint(0, 6, (50, 40), generator=generator).float()
+    expected = many.sort(dim=-1, descending=True, stable=True).indices[:, :7]
+    assert torch.equal(top_k_by_id(many, 7)[1], expected)

@@ -181,7 +181,8 @@ class Adapter:
 
     def logits_before_cap(self, resid: torch.Tensor) -> torch.Tensor:
         """Final norm, unembedding and the model's logit scaling, before any soft-cap."""
-        return self.unembed(self.final_norm(resid)) * self.logit_multiplier
+        logits = self.unembed(self.final_norm(resid))
+        return logits * self.logit_multiplier if self.logit_multiplier != 1.0 else logits
 
     def logits(self, resid: torch.Tensor) -> torch.Tensor:
         """The logit lens: what the model's head makes of any residual stream."""
