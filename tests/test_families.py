@@ -265,3 +265,19 @@ def test_compatibility_page_covers_every_case():
     for line in rows.values():
         errors = [float(cell) for cell in line.split(" | ")[5:10]]
         assert all(e <= limit for e, limit in zip(errors, limits, strict=True)), line
+
+
+def test_the_gate_refuses_in_one_line_from_the_command_line(capsys, tiny_model_dir, tmp_path,
+                                                            monkeypatch):  # fmt: skip
+    from tracegen import cli, families
+
+    broken = replace(families.FAMILIES["GraniteForCausalLM"], write_scale=None)
+    monkeypatch.setitem(families.FAMILIES, "GraniteForCausalLM", broken)
+    out = tmp_path / "refused"
+    code = cli.main(["run", "--model", str(tiny_model_dir("granite")), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tracegen: error: parity gate: block_identity failed at layer ")
+    assert last.endswith("(float32); nothing was written")
+    assert not out.exists()
