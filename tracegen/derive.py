@@ -33,13 +33,6 @@ LENS_NAMES = (
     "lens_kl",
     "watched_probs",
 )
-# The statistics run over blocks of this many rows of the logits: a [16, V] float32 block
-# (3 MB for a 49k vocabulary) stays in cache through the several passes each needs, which
-# measured about 3x faster than whole-matrix passes on the 2-core test machine. The matmul
-# itself runs on all rows at once, where it is fastest.
-LENS_ROWS = 16
-
-
 @torch.inference_mode()
 def logit_lens(
     adapter: Adapter,
@@ -51,58 +44,59 @@ def logit_lens(
     """Top-k, entropy, the final token's rank and probability, KL to the final distribution
     and the probabilities of watched tokens, at every depth and position.
 
-    Everything follows from the logits z and their log-sum-exp, without a log-softmax over
-    the vocabulary: log p = z - lse, entropy = lse - sum(p z), and, with the final
-    distribution q, KL(q || p) = sum(q log q) - sum(q z) + lse.
+    Besides the unembedding matmul, one exponential over the vocabulary per depth: with
+    e = exp(z - max z) and s = sum e, lse = max z + log s, log p = z - lse, the entropy is
+    lse - (e·z)/s, and KL(q || p) against the final distribution q is
+    q·log q - q·z + lse. The dot products are einsums, which run as matrix kernels.
     """
     depths = residual_at_depths(capture)
     final_logprobs = adapter.logits(depths[-1]).log_softmax(-1)  # [N, V]
     target = final_logprobs.argmax(-1)  # [N]: the token the model itself ranks first
     final_probs = final_logprobs.exp()
-    final_neg_entropy = torch.linalg.vecdot(final_probs, final_logprobs)  # [N]
+    final_neg_entropy = torch.einsum("nv,nv->n", final_probs, final_logprobs)  # [N]
     watched = torch.tensor(watched_ids, dtype=torch.long)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in LENS_NAMES}
     for depth, resid in enumerate(depths):
-        all_logits = adapter.logits(resid)  # [N, V]
-        for start in range(0, resid.shape[0], LENS_ROWS):
-            rows = slice(start, start + LENS_ROWS)
-            logits = all_logits[rows]  # [n, V]
-            lse = logits.logsumexp(-1, keepdim=True)  # [n, 1]
-            top_logits, top_ids = top_k_by_id(logits, top_k)
-            target_logit = logits.gather(-1, target[rows, None])  # [n, 1]
-            probs = (logits - lse).exp()
-            out["lens_topk_ids"].append(top_ids.to(torch.int32))
-            out["lens_topk_probs"].append((top_logits - lse).exp())
-            out["lens_entropy"].append(lse[:, 0] - torch.linalg.vecdot(probs, logits))
-            out["lens_target_rank"].append((logits > target_logit).sum(-1).to(torch.int32))
-            out["lens_target_prob"].append((target_logit - lse)[:, 0].exp())
-            cross = torch.linalg.vecdot(final_probs[rows], logits) - lse[:, 0]
-            out["lens_kl"].append((final_neg_entropy[rows] - cross).clamp_min(0.0))
-            out["watched_probs"].append((logits[:, watched] - lse).exp())
+        logits = adapter.logits(resid)  # [N, V]
+        peak = logits.amax(-1, keepdim=True)  # [N, 1]
+        shifted = (logits - peak).exp_()  # [N, V]
+        total = shifted.sum(-1, keepdim=True)  # [N, 1]
+        lse = peak + total.log()  # [N, 1]
+        mean_logit = torch.einsum("nv,nv->n", shifted, logits) / total[:, 0]  # [N]
+        top_logits, top_ids = top_k_by_id(logits, top_k)
+        target_logit = logits.gather(-1, target[:, None])  # [N, 1]
+        cross = torch.einsum("nv,nv->n", final_probs, logits) - lse[:, 0]  # q·log p
+        out["lens_topk_ids"].append(top_ids.to(torch.int32))
+        out["lens_topk_probs"].append((top_logits - lse).exp())
+        out["lens_entropy"].append(lse[:, 0] - mean_logit)
+        out["lens_target_rank"].append((logits > target_logit).sum(-1).to(torch.int32))
+        out["lens_target_prob"].append((target_logit - lse)[:, 0].exp())
+        out["lens_kl"].append((final_neg_entropy - cross).clamp_min(0.0))
+        out["watched_probs"].append((logits[:, watched] - lse).exp())
         if on_depth:
             on_depth(depth)
-    n_depths = len(depths)
-    return {
-        name: torch.cat(values).reshape(n_depths, -1, *values[0].shape[1:])
-        for name, values in out.items()
-    }
+    return {name: torch.stack(values) for name, values in out.items()}
 
 
 def top_k_by_id(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.topk over the last axis, with ties ordered by the lower index first, so the
     order is the same on every machine and library version. values [n, V] -> ([n, k], [n, k])"""
-    top_values, top_ids = values.topk(k, dim=-1)
-    threshold = top_values[:, -1:]  # [n, 1]
-    tied_at_edge = (values >= threshold).sum(-1) > k  # rows where the k-th place is shared
+    extra = min(k + 1, values.shape[-1])
+    top_values, top_ids = values.topk(extra, dim=-1)
+    # The k-th place is shared exactly when the next value equals it.
+    tied_at_edge = top_values[:, k - 1] == top_values[:, k] if extra > k else None
+    top_values, top_ids = top_values[:, :k], top_ids[:, :k]
     # Sort the k by index, then stably by value: equal values keep ascending indices.
     by_id = top_ids.sort(dim=-1).values
     order = values.gather(-1, by_id).sort(dim=-1, descending=True, stable=True).indices
     top_ids = by_id.gather(-1, order)
-    for row in tied_at_edge.nonzero()[:, 0].tolist():
-        candidates = (values[row] >= threshold[row]).nonzero()[:, 0]  # ascending indices
+    rows = tied_at_edge.nonzero()[:, 0].tolist() if tied_at_edge is not None else []
+    for row in rows:
+        candidates = (values[row] >= top_values[row, -1]).nonzero()[:, 0]  # ascending ids
         ranked = values[row, candidates].sort(descending=True, stable=True).indices[:k]
         top_ids[row] = candidates[ranked]
     return values.gather(-1, top_ids), top_ids
+
 
 
 def attribution_components(n_layers: int, adapter: Adapter) -> list[str]:
