@@ -50,18 +50,16 @@ def logit_lens(
     q·log q - q·z + lse. The dot products are einsums, which run as matrix kernels.
     """
     depths = residual_at_depths(capture)
-    final_logprobs = adapter.logits(depths[-1]).log_softmax(-1)  # [N, V]
-    target = final_logprobs.argmax(-1)  # [N]: the token the model itself ranks first
-    final_probs = final_logprobs.exp()
-    final_neg_entropy = torch.einsum("nv,nv->n", final_probs, final_logprobs)  # [N]
+    final_logits = adapter.logits(depths[-1])  # [N, V]
+    target = final_logits.argmax(-1)  # [N]: the token the model itself ranks first
+    final_probs = final_logits.softmax(-1)
+    # q·log q by the same operations as q·log p below, so the last depth's KL is exactly 0.
+    final_neg_entropy = torch.einsum("nv,nv->n", final_probs, final_logits) - _lse(final_logits)
     watched = torch.tensor(watched_ids, dtype=torch.long)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in LENS_NAMES}
     for depth, resid in enumerate(depths):
         logits = adapter.logits(resid)  # [N, V]
-        peak = logits.amax(-1, keepdim=True)  # [N, 1]
-        shifted = (logits - peak).exp_()  # [N, V]
-        total = shifted.sum(-1, keepdim=True)  # [N, 1]
-        lse = peak + total.log()  # [N, 1]
+        lse, shifted, total = _lse_parts(logits)  # [N, 1], [N, V], [N, 1]
         mean_logit = torch.einsum("nv,nv->n", shifted, logits) / total[:, 0]  # [N]
         top_logits, top_ids = top_k_by_id(logits, top_k)
         target_logit = logits.gather(-1, target[:, None])  # [N, 1]
@@ -76,6 +74,18 @@ def logit_lens(
         if on_depth:
             on_depth(depth)
     return {name: torch.stack(values) for name, values in out.items()}
+
+
+def _lse_parts(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log-sum-exp [N, 1] with its exp(z - max z) [N, V] and their sum [N, 1]."""
+    peak = logits.amax(-1, keepdim=True)
+    shifted = (logits - peak).exp_()
+    total = shifted.sum(-1, keepdim=True)
+    return peak + total.log(), shifted, total
+
+
+def _lse(logits: torch.Tensor) -> torch.Tensor:
+    return _lse_parts(logits)[0][:, 0]
 
 
 def top_k_by_id(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
