@@ -178,7 +178,7 @@ def test_charts_survive_instant_navigation(browser, base_url):
     OPEN_CONTEXTS.append(context)
     page = context.new_page()
     watched = Watched(page, base_url)
-    page.goto(base_url + "made/", wait_until="load")
+    page.goto(base_url + "made.html", wait_until="load")
     page.evaluate("window.__fpSamePage = true")  # survives only if no full reload happens
     for tab, ready in [("Story", ".fp-chart"), ("How this was made", ".fp-tokens"),
                        ("Story", ".fp-chart")]:  # fmt: skip
