@@ -237,7 +237,13 @@ class Recorder:
         self.failed: list[str] = []
         self.foreign: list[str] = []
         self.errors: list[str] = []
-        page.on("requestfailed", lambda r: self.failed.append(f"{r.url} ({r.failure})"))
+        def on_failed(request: Any) -> None:
+            # ERR_ABORTED: the browser cancelled it (the page was left while an image loaded);
+            # a missing file shows up below as a response with an error status.
+            if "ERR_ABORTED" not in (request.failure or ""):
+                self.failed.append(f"{request.url} ({request.failure})")
+
+        page.on("requestfailed", on_failed)
         page.on("pageerror", lambda e: self.errors.append(str(e)))
 
         def on_response(response: Any) -> None:
