@@ -168,7 +168,8 @@ def test_small_site_leaves_the_raw_trace_and_repository_link_out(tmp_path: Path)
     made = (site / "made.html").read_text(encoding="utf-8")
     assert "leaves the raw trace out" in made
     assert 'href="traces/' not in made
-    assert 'class="md-source"' not in made
+    assert 'class="md-source"' not in made and "source code</a>" not in made
+    assert '<a href="LICENSE.txt">license text</a>' in made
     # The default site_url is where `make serve` serves it.
     assert head(site / "made.html").links["canonical"] == ["http://127.0.0.1:8000/made.html"]
 
@@ -376,6 +377,7 @@ def test_rights_and_repository_link_as_served(new_page, url: str) -> None:
     footer = page.inner_text(".md-copyright")
     assert "belongs to its author" in footer and "Andrej Karpathy" in footer
     assert "MIT License" in footer
+    assert page.locator(".md-copyright a", has_text="source code").get_attribute("href") == REPO_URL
     license_url = page.evaluate("document.querySelector('.md-copyright a[href$=\".txt\"]').href")
     assert license_url == url + "LICENSE.txt"
     assert "MIT License" in page.request.get(license_url).text()
