@@ -29,7 +29,7 @@ from tests.site_helpers import (
     launch_chromium,
     serve_like_pages,
 )
-from tracegen import publish
+from tracegen import card, publish
 from tracegen.store import load_trace
 
 PREFIX = "forward-pass"  # https://<user>.github.io/forward-pass/
@@ -157,6 +157,23 @@ def test_trace_archive_is_complete_and_reproducible(site: Path) -> None:
     assert f'href="traces/{slug}.zip"' in made
     size = f"{len(published) / 1e6:.1f} MB"
     assert re.search(rf"{slug}\.zip</code></a>: all files in one zip</td>\s*<td>{size}</td>", made)
+
+
+def test_card_shows_the_traced_answer_through_depth() -> None:
+    trace = load_trace(DEFAULT_TRACE)
+    facts = card.card_facts(trace)
+    steps = trace.n_positions - trace.n_prompt + 1  # generated tokens with a traced position
+    assert len(facts["rows"]) == min(steps, len(trace.generated_strings))
+    labels = [f"{k + 1}. {card.token_label(t)}" for k, t in enumerate(trace.generated_strings)]
+    assert [row["token"] for row in facts["rows"]] == labels[: len(facts["rows"])]
+    final = trace.derived("lens_target_prob")[-1]  # [N] at the last depth
+    for step, row in enumerate(facts["rows"]):
+        assert len(row["p"]) == trace.n_layers + 1
+        assert all(0 <= p <= 1 for p in row["p"])
+        assert row["p"][-1] == pytest.approx(final[trace.n_prompt - 1 + step], abs=5e-4)
+    assert card.token_label("\n") == "(newline)" and card.token_label(" two") == "“two”"
+    answer = "".join(trace.generated_strings[: len(facts["rows"])]).strip()
+    assert f"“Your {answer}”" in card.card_spec(trace)["title"]["subtitle"][0]
 
 
 def test_small_site_leaves_the_raw_trace_and_repository_link_out(tmp_path: Path) -> None:

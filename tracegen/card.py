@@ -75,7 +75,7 @@ def card_spec(trace: Trace) -> dict[str, Any]:
             "subtitleColor": "#333333",
             "subtitlePadding": 12,
             "offset": 28,
-        },  # fmt: skip
+        },
         "data": {"values": facts["rows"]},
         "transform": [
             {"calculate": "sequence(0, length(datum.p))", "as": "depth"},
@@ -108,7 +108,7 @@ def card_spec(trace: Trace) -> dict[str, Any]:
                 "scale": {"domain": [0, 1], "range": ["#eef0fa", INDIGO]},
                 "legend": {"titleFontSize": 18, "labelFontSize": 16, "gradientLength": 260},
             },
-        },  # fmt: skip
+        },
         "config": {"view": {"stroke": None}, "font": "sans-serif"},
     }
 
