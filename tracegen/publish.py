@@ -40,13 +40,17 @@ def unused_theme_files(files: Files, config: MkDocsConfig) -> list[File]:
         patterns += SEARCH_FILES
     if config.theme.get("favicon") != THEME_FAVICON:
         patterns.append(THEME_FAVICON)
-    docs = Path(config.docs_dir).resolve()
+    themes = [Path(folder).resolve() for folder in config.theme.dirs]
+
+    def from_theme(file: File) -> bool:
+        # Only the theme's copies: a file of the same name in docs/ is the author's own.
+        source = Path(file.abs_src_path).resolve() if file.abs_src_path else None
+        return source is not None and any(source.is_relative_to(theme) for theme in themes)
+
     return [
         file
         for file in files
-        # Only the theme's copies: a file of the same name in docs/ is the author's own.
-        if not Path(file.abs_src_path or "").resolve().is_relative_to(docs)
-        and any(fnmatch.fnmatch(file.src_uri, pattern) for pattern in patterns)
+        if from_theme(file) and any(fnmatch.fnmatch(file.src_uri, p) for p in patterns)
     ]
 
 
