@@ -26,7 +26,6 @@ from tests.site_helpers import (
     DEFAULT_TRACE,
     REPO,
     build_site,
-    launch_chromium,
     serve_like_pages,
 )
 from tracegen import card, publish
@@ -234,16 +233,6 @@ def test_pages_workflow_builds_the_readme_way_and_deploys_with_pages_actions() -
 
 
 # --- in chromium --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
 
 
 class Recorder:
