@@ -6,7 +6,9 @@ through `from_pretrained(folder)`, the same call a user's hub id takes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,3 +88,17 @@ def tiny_trace(tiny_model_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-trace") / "tiny-llama"
     return run(str(tiny_model_dir("llama")), out=out, steps=3, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless chromium for every browser test: Playwright's sync API runs one event
+    loop per thread, so a second `sync_playwright()` beside a live one fails."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.site_helpers import launch_chromium
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()

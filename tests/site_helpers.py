@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-STORY_FILE = REPO / "docs" / "forward-pass.txt"
+# The story as published (verbatim), kept with the tests: docs/ is what the site publishes.
+STORY_FILE = REPO / "tests" / "data" / "forward-pass.txt"
 DEFAULT_TRACE = REPO / "traces" / "smollm2-135m-instruct"
 PANEL_KEYS = ["intro", *(f"p{i}" for i in range(1, 11))]
 
@@ -24,21 +25,31 @@ def story_lines() -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+# The settings mkdocs.yml reads from the environment. A build here starts from none of them
+# set (mkdocs.yml's defaults), whatever the calling shell has, then takes what it is given.
+BUILD_ENV = ("FORWARD_PASS_TRACE", "SITE_URL", "REPO_URL", "FORWARD_PASS_RAW_TRACE")
+
+
 def build_site(
-    site_dir: Path, trace: Path | None = None, strict: bool = True, site_url: str | None = None
+    site_dir: Path,
+    trace: Path | None = None,
+    strict: bool = True,
+    site_url: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> float:
     """Run `mkdocs build` in a subprocess (so env and entry points behave as for a user).
+    `env` sets more of BUILD_ENV (REPO_URL, FORWARD_PASS_RAW_TRACE).
 
     Returns the wall time in seconds. Raises RuntimeError with mkdocs' output on failure.
     """
     import time
 
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    env.pop("FORWARD_PASS_TRACE", None)  # None: the trace that mkdocs.yml names
-    if trace is not None:
+    base = {key: value for key, value in os.environ.items() if key not in BUILD_ENV}
+    env = {**base, "NO_MKDOCS_2_WARNING": "1", **(env or {})}
+    if trace is not None:  # None: the trace that mkdocs.yml names
         env["FORWARD_PASS_TRACE"] = str(trace)
-    if site_url is not None:  # instant navigation needs the sitemap to name the served port
-        env["FORWARD_PASS_SITE_URL"] = site_url
+    if site_url is not None:  # instant navigation needs the sitemap to name the port and path
+        env["SITE_URL"] = site_url
     mkdocs = Path(sys.executable).with_name("mkdocs")
     cmd = [str(mkdocs), "build", "--site-dir", str(site_dir), "--quiet"]
     if strict:
@@ -75,6 +86,47 @@ def serve(directory: Path) -> Iterator[str]:
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def serve_like_pages(root: Path, prefix: str) -> Iterator[str]:
+    """Serve `root` the way GitHub Pages serves a project site at /<prefix>/: an unknown path
+    (or a folder without index.html) under it gets `root/<prefix>/404.html` with status 404,
+    and no folder is ever listed. Yields the site's URL, http://127.0.0.1:<port>/<prefix>/."""
+    import functools
+    import http.server
+    import threading
+
+    not_found = root / prefix / "404.html"
+
+    class PagesLike(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def list_directory(self, path: str | os.PathLike[str]) -> None:
+            self.send_error(404)
+            return None
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None):
+            if code != 404 or not self.path.startswith(f"/{prefix}/") or not not_found.is_file():
+                return super().send_error(code, message, explain)
+            body = not_found.read_bytes()
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+    handler = functools.partial(PagesLike, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{prefix}/"
     finally:
         server.shutdown()
         server.server_close()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.site_helpers import (
@@ -24,7 +24,6 @@ from tests.site_helpers import (
     REPO,
     SCROLL_ALL_JS,
     build_site,
-    launch_chromium,
     serve,
     story_lines,
 )
@@ -55,14 +54,6 @@ def built_site(served_site: tuple[Path, str]) -> Path:
 @pytest.fixture(scope="session")
 def base_url(served_site: tuple[Path, str]) -> str:
     return served_site[1]
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
 
 
 class Watched:
@@ -178,7 +169,7 @@ def test_charts_survive_instant_navigation(browser, base_url):
     OPEN_CONTEXTS.append(context)
     page = context.new_page()
     watched = Watched(page, base_url)
-    page.goto(base_url + "made/", wait_until="load")
+    page.goto(base_url + "made.html", wait_until="load")
     page.evaluate("window.__fpSamePage = true")  # survives only if no full reload happens
     for tab, ready in [("Story", ".fp-chart"), ("How this was made", ".fp-tokens"),
                        ("Story", ".fp-chart")]:  # fmt: skip

@@ -127,7 +127,7 @@ def test_vega_runtime_is_served_by_the_site(site: Path) -> None:
 
 def test_made_page_reads_the_manifest(site: Path) -> None:
     trace = load_trace(DEFAULT_TRACE)
-    text = html.unescape((site / "made" / "index.html").read_text(encoding="utf-8"))
+    text = html.unescape((site / "made.html").read_text(encoding="utf-8"))
     m = trace.model
     for fact in (m.spec, m.source, m.architecture, f"{m.n_params:,}", f"{m.vocab_size:,}"):
         assert str(fact) in text, fact
@@ -136,11 +136,11 @@ def test_made_page_reads_the_manifest(site: Path) -> None:
     for library, version in trace.manifest.get("libraries", {}).items():
         assert f"libraries.{library}" in text and version in text
     # Every raw trace file is downloadable from the site, byte for byte, and linked.
-    links = refs(site / "made" / "index.html").links
+    links = refs(site / "made.html").links
     for path in trace.files():
         copy = site / "traces" / m.slug / path.name
         assert copy.read_bytes() == path.read_bytes()
-        assert f"../traces/{m.slug}/{path.name}" in links
+        assert f"traces/{m.slug}/{path.name}" in links
 
 
 def test_made_page_shows_the_parity_gate(site: Path) -> None:
@@ -170,7 +170,7 @@ def test_another_trace_changes_charts_and_captions(site: Path, tiny_trace: Path,
     assert len(theirs) == len(ours) == len(PANEL_KEYS)
     assert theirs != ours
     assert (other / "traces" / slug / "manifest.json").is_file()
-    assert slug in (other / "made" / "index.html").read_text(encoding="utf-8")
+    assert slug in (other / "made.html").read_text(encoding="utf-8")
 
 
 def test_missing_marker_fails_the_build(tmp_path: Path) -> None:
@@ -180,6 +180,7 @@ def test_missing_marker_fails_the_build(tmp_path: Path) -> None:
     index = docs / "index.md"
     index.write_text(index.read_text("utf-8").replace("<!-- panel: p3 -->", ""), "utf-8")
     shutil.copyfile(REPO / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    shutil.copytree(REPO / "overrides", tmp_path / "overrides")  # mkdocs.yml's custom_dir
     (tmp_path / "tracegen" / "assets").mkdir(parents=True)  # mkdocs.yml watches it
     done = subprocess.run(
         [str(Path(sys.executable).with_name("mkdocs")), "build", "-q", "-d", "out"],

@@ -33,6 +33,7 @@ from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 from mkdocs.utils import get_relative_url
 
+from tracegen import card, publish
 from tracegen.store import ModelCard, Trace, TraceError, load_trace
 
 log = logging.getLogger("mkdocs.plugins.forward-pass")
@@ -40,6 +41,8 @@ log = logging.getLogger("mkdocs.plugins.forward-pass")
 TRACE_ENV = "FORWARD_PASS_TRACE"
 ASSET_DIR = "assets/forward-pass"
 VEGA_BUNDLE = f"{ASSET_DIR}/vega-bundle.js"
+CARD_IMAGE = f"{ASSET_DIR}/card.png"
+LICENSE_URI = "LICENSE.txt"
 START_MARKER = "<!-- story:start -->"
 PANEL_MARKER = re.compile(r"<!--\s*panel:\s*([\w-]+)\s*-->")
 FILL_MARKER = re.compile(r"<!--\s*fp:\s*([\w-]+)\s*-->")
@@ -55,6 +58,10 @@ class ForwardPassConfig(base.Config):
     story_page = c.Type(str, default="index.md")
     # Static images for readers without JavaScript; off speeds up a draft `mkdocs serve`.
     fallback_images = c.Type(bool, default=True)
+    # The trace's raw files, one by one and as one zip; off keeps ~70 MB out of the site.
+    raw_trace = c.Type(bool, default=True)
+    # The PNG that link previews show (Open Graph / Twitter card tags in overrides/main.html).
+    social_card = c.Type(bool, default=True)
 
 
 class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
@@ -69,6 +76,14 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         # Our CSS/JS are listed here, not in mkdocs.yml, so that they travel with the plugin.
         config.extra_css.append(f"{ASSET_DIR}/forward-pass.css")
         config.extra_javascript.append(f"{ASSET_DIR}/forward-pass.js")
+        # What the theme overrides (overrides/) link to; absent keys leave their tags out.
+        shared: dict[str, Any] = {}
+        if self.config.social_card:
+            shared["card"] = {"path": CARD_IMAGE, "width": card.WIDTH, "height": card.HEIGHT,
+                              "alt": card.card_alt(self.trace)}  # fmt: skip
+        if publish.license_file(config):
+            shared["license"] = LICENSE_URI
+        config.extra["forward_pass"] = shared
         return config
 
     def on_files(self, files: Files, *, config: MkDocsConfig) -> Files:
@@ -77,10 +92,19 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
             content = (assets / name).read_text(encoding="utf-8")
             files.append(File.generated(config, f"{ASSET_DIR}/{name}", content=content))
         files.append(File.generated(config, VEGA_BUNDLE, content=vega_bundle()))
-        # The trace's raw files, downloadable beside the pages that describe them.
-        for path in self.trace.files():
-            uri = f"{self.trace_uri}/{path.name}"
-            files.append(File.generated(config, uri, abs_src_path=str(path)))
+        saved = publish.prune_theme_files(files, config)
+        log.info("forward-pass: %s of unused theme files left out", human_bytes(saved))
+        if license_path := publish.license_file(config):
+            files.append(File.generated(config, LICENSE_URI, abs_src_path=str(license_path)))
+        if self.config.social_card:
+            files.append(File.generated(config, CARD_IMAGE, content=card.card_png(self.trace)))
+        if self.config.raw_trace:
+            # The trace's raw files, downloadable beside the pages that describe them.
+            for path in self.trace.files():
+                uri = f"{self.trace_uri}/{path.name}"
+                files.append(File.generated(config, uri, abs_src_path=str(path)))
+            archive = publish.trace_archive(self.trace.files(), self.trace.model.slug)
+            files.append(File.generated(config, self.archive_uri, content=archive))
         self.fallbacks: dict[tuple[str, int], str] = {}
         if self.config.fallback_images:
             for panel in self.panels.values():
@@ -96,6 +120,10 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
     @property
     def trace_uri(self) -> str:
         return f"traces/{self.trace.model.slug}"
+
+    @property
+    def archive_uri(self) -> str:
+        return f"{self.trace_uri}.zip"
 
     def on_page_markdown(self, markdown: str, *, page: Page, config: MkDocsConfig, files: Files):
         if page.file.src_uri == self.config.story_page:
@@ -416,15 +444,26 @@ def fill_tokens(plugin: ForwardPassPlugin, page: Page) -> str:
 
 
 def fill_downloads(plugin: ForwardPassPlugin, page: Page) -> str:
-    rows = []
-    total = 0
-    for path in plugin.trace.files():
-        size = path.stat().st_size
-        total += size
+    files = plugin.trace.files()
+    if not plugin.config.raw_trace:
+        return (
+            f"This copy of the site leaves the raw trace out (`raw_trace: false`): its "
+            f"{len(files)} files, {human_bytes(sum(p.stat().st_size for p in files))}, are in "
+            f"the project's repository under `traces/{plugin.trace.model.slug}/`."
+        )
+
+    def link(name: str, uri: str) -> str:
         # Markdown links are relative to the source file; MkDocs rewrites them for the URL.
-        link = get_relative_url(f"{plugin.trace_uri}/{path.name}", page.file.src_uri)
-        rows.append((f"[`{path.name}`]({link})", human_bytes(size)))
-    rows.append(("**all files**", f"**{human_bytes(total)}**"))
+        return f"[`{name}`]({get_relative_url(uri, page.file.src_uri)})"
+
+    archive = publish.trace_archive(files, plugin.trace.model.slug)
+    archive_link = link(Path(plugin.archive_uri).name, plugin.archive_uri)
+    rows = [(f"{archive_link}: all files in one zip", human_bytes(len(archive)))]
+    for path in files:
+        size = human_bytes(path.stat().st_size)
+        rows.append((link(path.name, f"{plugin.trace_uri}/{path.name}"), size))
+    total = sum(path.stat().st_size for path in files)
+    rows.append((f"**{len(files)} files**", f"**{human_bytes(total)}**"))
     return table(("File", "Size"), rows)
 
 
