@@ -146,7 +146,7 @@ def test_made_page_reads_the_manifest(site: Path) -> None:
 def test_made_page_shows_the_parity_gate(site: Path) -> None:
     """Every check the run recorded, with its largest error as the manifest has it."""
     gate = load_trace(DEFAULT_TRACE).manifest["gate"]
-    text = html.unescape((site / "made" / "index.html").read_text(encoding="utf-8"))
+    text = html.unescape((site / "made.html").read_text(encoding="utf-8"))
     assert gate["passed"] is True and "Every check passed for this trace" in text
     assert len(gate["checks"]) == 6
     for name, check in gate["checks"].items():
