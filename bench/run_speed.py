@@ -51,7 +51,8 @@ def main() -> int:
     torch.set_grad_enabled(False)
 
     start = time.perf_counter()
-    model, tokenizer = models.load(models.resolve(args.model), args.dtype)
+    loaded = models.load(models.resolve(args.model), args.dtype)
+    model, tokenizer = loaded.model, loaded.tokenizer
     bare_load = time.perf_counter() - start
     ids = torch.tensor([tokenizer(BUNDLED_PROMPT.read_text(encoding="utf-8"))["input_ids"]])
     bare_forward = seconds(lambda: model(ids, output_attentions=True, output_hidden_states=True))
@@ -76,7 +77,8 @@ def main() -> int:
     matmul_gflops = 2 * n * width * vocab / matmul / 1e9
 
     with tempfile.TemporaryDirectory() as folder:
-        out = run(args.model, out=Path(folder) / "trace", dtype=args.dtype, quiet=True)
+        out = run(args.model, out=Path(folder) / "trace", dtype=args.dtype, quiet=True,
+                  cache=False)  # fmt: skip
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
         size = sum(path.stat().st_size for path in out.iterdir())
     stage_seconds = manifest["run"]["stage_seconds"]

@@ -6,11 +6,16 @@ through `from_pretrained(folder)`, the same call a user's hub id takes.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# De-quantised GGUF weights go to a cache of the test run's own, never the user's.
+os.environ["TRACEGEN_CACHE"] = tempfile.mkdtemp(prefix="tracegen-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 STORY_PROMPT = REPO / "tracegen" / "prompt.txt"

@@ -78,3 +78,20 @@ def test_derived_tensors_within_stored_precision(committed, fresh):
     np.testing.assert_array_equal(
         committed.derived("lens_target_rank")[-1], fresh.derived("lens_target_rank")[-1]
     )
+
+
+def test_a_second_run_reads_the_dequantised_cache_and_traces_the_same(fresh, tmp_path):
+    """The first run (the `fresh` fixture) left the de-quantised weights in the cache; the
+    second reads them instead of the GGUF file, and every layer file comes out identical."""
+    from tracegen.runner import run
+
+    assert fresh.manifest["run"]["weights_from_cache"] is False
+    again = load_trace(run(None, out=tmp_path / "again", quiet=True))
+    assert again.manifest["run"]["weights_from_cache"] is True
+    assert again.manifest["model"]["files"] == fresh.manifest["model"]["files"]
+    for index in range(fresh.n_layers):
+        name = f"layer_{index:03d}.safetensors"
+        assert (again.path / name).read_bytes() == (fresh.path / name).read_bytes(), name
+    seconds = again.manifest["run"]["stage_seconds"]["load"]
+    first = fresh.manifest["run"]["stage_seconds"]["load"]
+    print(f"load: {first:.1f} s from the GGUF file, {seconds:.1f} s from the cache")

@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     run.add_argument("--force", action="store_true", help="replace an existing trace folder")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="de-quantise a GGUF file again instead of reading its weights from the cache "
+        "($TRACEGEN_CACHE, default ~/.cache/tracegen/dequantised)",
+    )
 
     info = commands.add_parser("info", help="summarise a trace folder")
     info.add_argument("path", type=Path)
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device,
                 force=args.force,
                 quiet=args.quiet,
+                cache=not args.no_cache,
             )
         except (ModelError, RunError, GateError) as error:
             raise TraceError(str(error)) from None

@@ -11,11 +11,16 @@ Which modules of a loaded model a trace reads is declared per family in `familie
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
+import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -95,23 +100,66 @@ def resolve(spec: str | None) -> ResolvedModel:
     )
 
 
-def load(resolved: ResolvedModel, dtype: str = "float32", device: str = "cpu"):
+CACHE_ENV = "TRACEGEN_CACHE"
+
+
+def cache_root() -> Path:
+    """Where de-quantised GGUF weights are kept: $TRACEGEN_CACHE, or the user cache folder."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tracegen" / "dequantised"
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    from_cache: bool  # weights read from the de-quantised cache instead of the GGUF file
+
+
+def load(
+    resolved: ResolvedModel,
+    dtype: str = "float32",
+    device: str = "cpu",
+    *,
+    gguf_sha256: str | None = None,
+) -> Loaded:
     """Load model and tokenizer in eval mode. Stock eager attention at first: the tracer
-    switches the recorded passes to its own registered attention function."""
+    switches the recorded passes to its own registered attention function.
+
+    De-quantising a GGUF file is most of a load (transformers parses the file three times),
+    so with `gguf_sha256` the float32 weights and the tokenizer are kept as a transformers
+    folder in `cache_root()/<sha256>` after the first load and read from there afterwards.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in torch_dtype:
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(torch_dtype)}")
-    extra = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+    source, extra = resolved.source, {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+    cached = cache_root() / gguf_sha256 if gguf_sha256 and resolved.gguf_file else None
+    from_cache = cached is not None and (cached / "config.json").is_file()
+    if from_cache:
+        source, extra = str(cached), {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved.source, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
         model = AutoModelForCausalLM.from_pretrained(
-            resolved.source, dtype=torch_dtype[dtype], attn_implementation="eager", **extra
+            source, dtype=torch_dtype[dtype], attn_implementation="eager", **extra
         )
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise ModelError(f"cannot load model {resolved.spec!r}: {first_line}") from None
+    if from_cache:
+        # safetensors maps the file, so its tensors are only 8-byte aligned, and the CPU
+        # kernels then round differently from freshly allocated weights; copies make a run
+        # from the cache byte-identical to one from the GGUF file. (Tied weights share one
+        # Parameter, which named_parameters lists once.)
+        for _, parameter in model.named_parameters():
+            parameter.data = parameter.data.clone()
+    # Only exact de-quantised values are kept: a float32 load, before it moves anywhere.
+    if cached is not None and not from_cache and dtype == "float32":
+        _keep_in_cache(model, tokenizer, cached)
     try:
         model.to(device)
     except (RuntimeError, AssertionError) as error:
@@ -119,7 +167,32 @@ def load(resolved: ResolvedModel, dtype: str = "float32", device: str = "cpu"):
     model.eval()
     # The trace only reads the model; no parameter needs a gradient.
     model.requires_grad_(False)
-    return model, tokenizer
+    return Loaded(model, tokenizer, from_cache)
+
+
+def _keep_in_cache(model, tokenizer, folder: Path) -> None:
+    """Write the folder beside its final name and rename it into place, so a reader never
+    sees half a cache entry. The cache is an optimisation: failing to write it is a warning."""
+    from safetensors.torch import save_model
+
+    temporary = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    try:
+        temporary.mkdir(parents=True)
+        # transformers will not save_pretrained a model loaded from GGUF; its de-quantised
+        # weights are plain tensors, so they are written as a transformers folder by hand.
+        config = copy.deepcopy(model.config)
+        for attribute in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(config, attribute):
+                delattr(config, attribute)
+        config.save_pretrained(temporary)
+        save_model(model, str(temporary / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(temporary)
+        temporary.rename(folder)
+    except OSError as error:
+        print(f"tracegen: warning: cannot cache the de-quantised weights in {folder.parent} "
+              f"({error.strerror or error}); the next run de-quantises again", file=sys.stderr)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def sha256_file(path: Path) -> str:

@@ -91,6 +91,7 @@ class Loaded:
     tokenizer: Any
     adapter: Any  # families.Adapter
     files: list[dict]  # weight files with sizes and sha256
+    from_cache: bool  # GGUF weights read from the de-quantised cache
 
 
 @dataclass
@@ -112,6 +113,7 @@ def run(
     watched: tuple[str, ...] = DEFAULT_WATCHED,
     top_k: int = DEFAULT_TOP_K,
     quiet: bool = False,
+    cache: bool = True,
 ) -> Path:
     """Trace a model on a prompt, check the trace against the model, write the folder."""
     from . import models
@@ -125,7 +127,7 @@ def run(
         resolved = models.resolve(model_spec)
         out_dir = Path(out) if out else Path("traces") / resolved.slug
         store.check_target(out_dir, force)  # before the slow part; again when writing
-    loaded = load_stage(stages, resolved, dtype, device)
+    loaded = load_stage(stages, resolved, dtype, device, cache)
     tokens = tokenize_stage(loaded, prompt, steps, watched)
     traced, reference = forward_stage(stages, loaded, tokens, steps, quiet)
     derived = derive_stage(stages, loaded, traced, tokens, top_k, quiet)
@@ -163,7 +165,7 @@ def run(
     return save_stage(stages, out_dir, manifest, traced, derived, force, quiet)
 
 
-def load_stage(stages: Stages, resolved, dtype: str, device: str) -> Loaded:
+def load_stage(stages: Stages, resolved, dtype: str, device: str, cache: bool) -> Loaded:
     from . import families, models
 
     with stages.stage("hash", "sha256 of the weight files"):
@@ -171,10 +173,13 @@ def load_stage(stages: Stages, resolved, dtype: str, device: str) -> Loaded:
             {"name": path.name, "bytes": path.stat().st_size, "sha256": models.sha256_file(path)}
             for path in resolved.weight_files()
         ]
+    key = files[0]["sha256"] if cache and resolved.gguf_file and files else None
     with stages.stage("load", f"{resolved.source} {resolved.gguf_file or ''}".strip()):
-        model, tokenizer = models.load(resolved, dtype, device)
-        adapter = families.adapt(model)
-    return Loaded(resolved, model, tokenizer, adapter, files)
+        loaded = models.load(resolved, dtype, device, gguf_sha256=key)
+        adapter = families.adapt(loaded.model)
+    if loaded.from_cache:
+        stages.say(f"[load] de-quantised weights from the cache, {models.cache_root() / key}")
+    return Loaded(resolved, loaded.model, loaded.tokenizer, adapter, files, loaded.from_cache)
 
 
 def tokenize_stage(
@@ -348,7 +353,13 @@ def build_manifest(
         },
         "n_positions": len(traced.input_ids),
         "vocabulary": vocabulary,
-        "run": {"device": device, "dtype": dtype, "steps": steps, "stage_seconds": stages.seconds},
+        "run": {
+            "device": device,
+            "dtype": dtype,
+            "steps": steps,
+            "stage_seconds": stages.seconds,
+            "weights_from_cache": loaded.from_cache,
+        },
         "gate": report.as_manifest(),
         "derived": {
             "top_k": top_k,
