@@ -193,7 +193,11 @@ def build_panel_map(trace: Trace) -> dict[str, Any]:
     except ImportError as error:
         raise PluginError(f"forward-pass: tracegen.panels has no build_panels ({error})") from None
     panels: dict[str, Any] = {}
-    for panel in build_panels(trace):
+    try:
+        built = build_panels(trace)
+    except TraceError as error:  # a damaged layer file is found when a panel reads it
+        raise PluginError(f"forward-pass: cannot load trace: {error}") from None
+    for panel in built:
         if panel.key in panels:
             raise PluginError(f"forward-pass: build_panels returned panel {panel.key!r} twice")
         panels[panel.key] = panel

@@ -32,7 +32,7 @@ class RunError(RuntimeError):
 def read_prompt(path: Path) -> str:
     if path.is_dir():
         raise RunError(f"prompt file {path} is a folder; give a UTF-8 text file")
-    if not path.is_file():
+    if not path.exists():  # not is_file(): /dev/null and pipes are files to read, not missing
         raise RunError(f"prompt file {path} does not exist")
     try:
         text = path.read_bytes().decode("utf-8")
@@ -83,6 +83,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+@store.holding_targets  # the target reserved by check_target is released however run ends
 def run(
     model_spec: str | None = None,
     prompt_file: Path | None = None,
