@@ -14,7 +14,6 @@ Markers it understands:
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import logging
 import os
@@ -34,6 +33,18 @@ from mkdocs.structure.pages import Page
 from mkdocs.utils import get_relative_url
 
 from tracegen.store import ModelCard, Trace, TraceError, load_trace
+from tracegen.text import (
+    attr_single,
+    code_md,
+    escape,
+    fmt_file_size,
+    fmt_short_count,
+    md_text,
+    pre_md,
+    safe_slug,
+    show_token,
+    visible_controls,
+)
 
 log = logging.getLogger("mkdocs.plugins.forward-pass")
 
@@ -88,14 +99,15 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
                     svg = fallback_svg(chart.spec)
                     if svg is None:
                         continue
-                    uri = f"{ASSET_DIR}/fallback/{self.trace.model.slug}-{panel.key}-{index}.svg"
+                    slug = safe_slug(self.trace.model.slug)
+                    uri = f"{ASSET_DIR}/fallback/{slug}-{panel.key}-{index}.svg"
                     files.append(File.generated(config, uri, content=svg))
                     self.fallbacks[(panel.key, index)] = uri
         return files
 
     @property
     def trace_uri(self) -> str:
-        return f"traces/{self.trace.model.slug}"
+        return f"traces/{safe_slug(self.trace.model.slug)}"  # the slug is trace text
 
     def on_page_markdown(self, markdown: str, *, page: Page, config: MkDocsConfig, files: Files):
         if page.file.src_uri == self.config.story_page:
@@ -149,7 +161,7 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
             # A chart fitted to its panel may ask not to shrink below a width (it scrolls).
             min_width = usermeta.get("minWidth")
             style = f' style="min-width:{int(min_width)}px"' if min_width else ""
-            alt = html.escape(chart.alt)
+            alt = escape(chart.alt)
             fallback = ""
             if (key, index) in self.fallbacks:
                 src = get_relative_url(self.fallbacks[(key, index)], page.url)
@@ -157,18 +169,18 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
             figures.append(
                 f'<figure class="fp-figure">'
                 f'<div class="fp-chart" role="img" aria-label="{alt}" '
-                f"data-renderer=\"{html.escape(renderer)}\" data-spec='{attr_single(spec)}'>"
+                f"data-renderer=\"{escape(renderer)}\" data-spec='{attr_single(spec)}'>"
                 # vega-embed relabels its host element, so it draws into this inner one.
                 f'<div class="fp-vega"{style}></div></div>{fallback}'
                 f"<figcaption>{alt}</figcaption></figure>"
             )
-        verdict = html.escape(panel.verdict)
+        verdict = escape(panel.verdict)
         slug = re.sub(r"[^a-z]+", "-", panel.verdict.lower()).strip("-")
         return (
             f'<aside class="fp-panel" id="panel-{key}" data-panel="{key}" tabindex="0" '
             f'aria-labelledby="panel-{key}-q">'
             f'<div class="fp-panel-head"><h2 class="fp-question" id="panel-{key}-q">'
-            f"{html.escape(panel.question)}</h2>"
+            f"{escape(panel.question)}</h2>"
             f'<span class="fp-verdict fp-verdict--{slug}">{verdict}</span></div>'
             f'{"".join(figures)}<div class="fp-caption">{panel.caption}</div></aside>'
         )
@@ -221,11 +233,6 @@ def check_markers(markdown: str, panels: dict[str, Any]) -> None:
         raise PluginError("forward-pass: story page: " + "; ".join(problems))
 
 
-def attr_single(text: str) -> str:
-    """Escape for a single-quoted HTML attribute; JSON's many double quotes stay one byte."""
-    return text.replace("&", "&amp;").replace("'", "&#39;")
-
-
 def vega_bundle() -> str:
     if "bundle" not in _BUNDLE_CACHE:
         import vl_convert
@@ -245,7 +252,7 @@ def fallback_svg(spec: dict[str, Any]) -> str | None:
         # a phone's panel or the chart's minimum width (see render_panel).
         min_width = int((spec.get("usermeta") or {}).get("minWidth") or 0)
         fixed = {"width": max(360, min_width)} if spec.get("width") == "container" else {}
-        static = visible_controls({**spec, **fixed})
+        static = visible_in_spec({**spec, **fixed})
         try:
             _SVG_CACHE[digest] = vl_convert.vegalite_to_svg(static)
         except Exception as error:  # vl-convert raises plain ValueError with a long message
@@ -254,77 +261,69 @@ def fallback_svg(spec: dict[str, Any]) -> str | None:
     return _SVG_CACHE[digest]
 
 
-def visible_controls(value: Any) -> Any:
-    """Control characters (byte-level tokens of small vocabularies) as their visible U+24xx
-    pictures: vl-convert aborts the whole process on them, and SVG cannot hold them."""
+def visible_in_spec(value: Any) -> Any:
+    """Every string of a spec with its control characters made visible (`visible_controls`,
+    keeping tabs and newlines): vl-convert aborts the whole process on them."""
     if isinstance(value, str):
-        return CONTROL_CHARS.sub(
-            lambda m: chr(0x2400 + ord(m.group())).replace("\u247f", "\u2421"), value
-        )
+        return visible_controls(value, keep="\t\n\r")
     if isinstance(value, dict):
-        return {k: visible_controls(v) for k, v in value.items()}
+        return {k: visible_in_spec(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [visible_controls(v) for v in value]
+        return [visible_in_spec(v) for v in value]
     return value
 
 
-CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def human_count(n: int) -> str:
-    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return str(n)
-
-
-def human_bytes(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
-
-
 # --- generated Markdown for <!-- fp: NAME --> markers ----------------------------------------
+
+
+# Every string from the trace goes through tracegen.text: `md_text` inline, `code_md` for
+# code, `pre_md` for blocks. No Markdown code spans or fences (a backtick or a line of them in
+# the text would end them), no trace string in a link, a heading or a URL.
 
 
 def fill_model_line(plugin: ForwardPassPlugin, page: Page) -> str:
     m, t = plugin.trace.model, plugin.trace
     made = get_relative_url("made.md", page.file.src_uri)
     return (
-        f"The panels beside each paragraph show what **{m.slug}** ({m.n_layers} layers, "
-        f"{m.n_heads} heads, {human_count(m.n_params)} parameters) computed on the story's own "
-        f"prompt of {t.n_prompt} tokens. [How this was made]({made})."
+        f"The panels beside each paragraph show what <strong>{md_text(m.slug)}</strong> "
+        f"({m.n_layers} layers, {m.n_heads} heads, {fmt_short_count(m.n_params)} parameters) "
+        f"computed on the story's own prompt of {t.n_prompt} tokens. [How this was made]({made})."
     )
 
 
 def fill_model_card(plugin: ForwardPassPlugin, page: Page) -> str:
     m = plugin.trace.model
     rows = [
-        ("Model spec", f"`{m.spec}`"),
-        ("Source", f"`{m.source}`"),
-        ("Architecture", f"`{m.architecture}` (`{m.model_type}`)"),
+        ("Model spec", code_md(m.spec)),
+        ("Source", code_md(m.source)),
+        ("Architecture", f"{code_md(m.architecture)} ({code_md(m.model_type)})"),
         ("Layers", m.n_layers),
         ("Attention heads (query / key-value)", f"{m.n_heads} / {m.n_kv_heads}"),
         ("Width d_model / d_head / d_mlp", f"{m.d_model} / {m.d_head} / {m.d_mlp}"),
         ("Vocabulary", f"{m.vocab_size:,}"),
         ("Parameters", f"{m.n_params:,}"),
-        ("Weights dtype", f"`{m.dtype}`"),
+        ("Weights dtype", code_md(m.dtype)),
         ("Max context", f"{m.max_context:,} tokens"),
     ]
     return table(("Property", "Value"), rows)
 
 
+# The manifest's sections that get a heading of their own, in this order; anything else a
+# trace carries is listed under "Other fields" (its names are trace text, not headings).
+PROVENANCE_SECTIONS = ("model", "tokenizer", "prompt", "run", "derived", "libraries")
+PROVENANCE_SKIP = {"tokens", "vocabulary", "schema", "schema_version", "sha256", "n_positions"}
+PROVENANCE_SKIP_FIELDS = {("prompt", "text")}
+
+
 def fill_provenance(plugin: ForwardPassPlugin, page: Page) -> str:
     """The rest of the manifest, one table per section (token lists and the prompt text are
-    shown elsewhere; the vocabulary excerpt is only counted)."""
+    shown elsewhere, the checksums with the downloads; the vocabulary is only counted)."""
     manifest = plugin.trace.manifest
     card = set(ModelCard.__dataclass_fields__)
     parts = []
-    for section in sorted(manifest):
-        value = manifest[section]
-        if section in PROVENANCE_SKIP or not isinstance(value, dict):
+    for section in PROVENANCE_SECTIONS:
+        value = manifest.get(section)
+        if not isinstance(value, dict):
             continue
         rows: list[tuple[str, str]] = []
         for key in sorted(value):
@@ -332,17 +331,18 @@ def fill_provenance(plugin: ForwardPassPlugin, page: Page) -> str:
                 continue
             flatten(f"{section}.{key}", value[key], rows)
         if rows:
-            parts.append(f"### `{section}`\n\n" + table(("Field", "Value"), rows))
-    if isinstance(manifest.get("vocabulary"), dict):
-        parts.append(
-            f"The manifest also keeps the text of {len(manifest['vocabulary']):,} vocabulary "
-            "entries that the charts name (top-k predictions, watched tokens)."
-        )
+            parts.append(f"### The {section} section\n\n" + table(("Field", "Value"), rows))
+    others: list[tuple[str, str]] = []
+    for section in sorted(manifest):
+        if section not in PROVENANCE_SECTIONS and section not in PROVENANCE_SKIP:
+            flatten(section, manifest[section], others)
+    if others:
+        parts.append("### Other fields\n\n" + table(("Field", "Value"), others))
+    parts.append(
+        f"The manifest also keeps the text of {len(manifest['vocabulary']):,} vocabulary "
+        "entries that the charts name (top-k predictions, watched tokens)."
+    )
     return "\n\n".join(parts)
-
-
-PROVENANCE_SKIP = {"tokens", "vocabulary", "schema", "schema_version"}
-PROVENANCE_SKIP_FIELDS = {("prompt", "text")}
 
 
 def flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
@@ -361,11 +361,11 @@ def flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
         text = json.dumps(value, ensure_ascii=False)
     if len(text) > 100:
         text = text[:97] + "…"
-    rows.append((f"`{prefix}`", f"<code>{html.escape(text)}</code>"))
+    rows.append((code_md(prefix), code_md(text)))
 
 
 def fill_prompt(plugin: ForwardPassPlugin, page: Page) -> str:
-    return "```text\n" + plugin.trace.prompt_text + "\n```"
+    return pre_md(plugin.trace.prompt_text)
 
 
 def fill_tokens(plugin: ForwardPassPlugin, page: Page) -> str:
@@ -373,9 +373,9 @@ def fill_tokens(plugin: ForwardPassPlugin, page: Page) -> str:
     spans = []
     prompt = zip(t.token_ids[: t.n_prompt], t.token_strings[: t.n_prompt], strict=True)
     for index, (tid, text) in enumerate(prompt):
-        shown = visible_controls(text.replace(" ", "·").replace("\n", "↵").replace("\t", "⇥"))
-        title = html.escape(f"#{index} id {tid}: {json.dumps(text, ensure_ascii=False)}")
-        spans.append(f'<span class="fp-tok" title="{title}">{html.escape(shown)}</span>')
+        shown = show_token(text).replace(" ", "·").replace("␣", "·")
+        title = md_text(f"#{index} id {tid}: {json.dumps(text, ensure_ascii=False)}")
+        spans.append(f'<span class="fp-tok" title="{title}">{md_text(shown)}</span>')
     lead = (
         f"The tokenizer splits the prompt into **{t.n_prompt} tokens** "
         "(· is a space, ↵ a newline, ⇥ a tab; hover a token for its id):"
@@ -386,19 +386,22 @@ def fill_tokens(plugin: ForwardPassPlugin, page: Page) -> str:
 def fill_downloads(plugin: ForwardPassPlugin, page: Page) -> str:
     rows = []
     total = 0
+    sums = plugin.trace.manifest["sha256"]
     for path in plugin.trace.files():
         size = path.stat().st_size
         total += size
         # Markdown links are relative to the source file; MkDocs rewrites them for the URL.
+        # The names are the schema's own (layer_000.safetensors ...), never trace text.
         link = get_relative_url(f"{plugin.trace_uri}/{path.name}", page.file.src_uri)
-        rows.append((f"[`{path.name}`]({link})", human_bytes(size)))
-    rows.append(("**all files**", f"**{human_bytes(total)}**"))
-    return table(("File", "Size"), rows)
+        digest = f"<code>{sums[path.name]}</code>" if path.name in sums else ""
+        rows.append((f"[`{path.name}`]({link})", fmt_file_size(size), digest))
+    rows.append(("**all files**", f"**{fmt_file_size(total)}**", ""))
+    return table(("File", "Size", "sha256"), rows)
 
 
-def table(header: tuple[str, str], rows: list[tuple[Any, Any]]) -> str:
-    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
-    lines += [f"| {a} | {b} |" for a, b in rows]
+def table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

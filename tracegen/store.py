@@ -192,7 +192,11 @@ def write_trace(
         _write_json(tmp_dir / TIMINGS_FILE, timings)
         for path in tmp_dir.iterdir():
             path.chmod(0o644)  # safetensors writes 0600; traces are meant to be shared
-        load_trace(tmp_dir)  # refuse to publish a trace that its own reader rejects
+        try:
+            load_trace(tmp_dir)  # refuse to publish a trace that its own reader rejects
+        except TraceError as error:
+            problem = str(error).replace(str(tmp_dir), str(out_dir))
+            raise TraceError(f"refusing to write a trace its reader rejects: {problem}") from None
         target.publish()
     except OSError as error:  # a full disk, a vanished folder: one line, not a traceback
         raise TraceError(f"cannot write {out_dir}: {error.strerror or error}") from None

@@ -314,7 +314,7 @@ def check_values(file: Path, name: str, array: np.ndarray, vocab_size: int) -> N
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
             raise TraceError(
-                f"{file}: tensor {name}: {array[where]!r} at {list(where)} is not finite"
+                f"{file}: tensor {name}: {float(array[where])} at {list(where)} is not finite"
             )
         lo, hi = float(array.min()), float(array.max())
         if name in PROBABILITIES and (lo < -SLACK or hi > 1 + SLACK):
