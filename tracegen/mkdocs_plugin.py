@@ -49,6 +49,10 @@ from tracegen.text import (
 log = logging.getLogger("mkdocs.plugins.forward-pass")
 
 TRACE_ENV = "FORWARD_PASS_TRACE"
+SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
+# The value this plugin set, so that a rebuild (`mkdocs serve`) from another trace updates it
+# while a value the user set is left alone.
+_EPOCH_FROM_TRACE: dict[str, str] = {}
 ASSET_DIR = "assets/forward-pass"
 VEGA_BUNDLE = f"{ASSET_DIR}/vega-bundle.js"
 START_MARKER = "<!-- story:start -->"
@@ -76,6 +80,11 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         except TraceError as error:
             raise PluginError(f"forward-pass: cannot load trace: {error}") from None
         self.panels = build_panel_map(self.trace)
+        # Reproducible builds: MkDocs dates the sitemap (and its gzip header) from
+        # SOURCE_DATE_EPOCH when set, else from the clock; without one, use the trace's date.
+        if os.environ.get(SOURCE_DATE_EPOCH) in (None, _EPOCH_FROM_TRACE.get("value")):
+            epoch = str(self.trace.timings["written"])
+            os.environ[SOURCE_DATE_EPOCH] = _EPOCH_FROM_TRACE["value"] = epoch
         log.info("forward-pass: %d panels from %s", len(self.panels), self.trace_path)
         # Our CSS/JS are listed here, not in mkdocs.yml, so that they travel with the plugin.
         config.extra_css.append(f"{ASSET_DIR}/forward-pass.css")
