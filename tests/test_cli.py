@@ -358,3 +358,39 @@ def test_write_failure_is_one_line_and_keeps_the_old_trace(tiny_trace, tmp_path,
         store.write_trace(out, trace.manifest, layers, derived, force=True)
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_prompt_file_dev_null_is_empty_not_missing(capsys, llama_dir, tmp_path):
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(llama_dir), "--prompt-file", "/dev/null", "--out",
+        str(tmp_path / "x"),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "/dev/null is empty")
+
+
+def test_error_mid_bar_starts_its_own_line(capsys, llama_dir, tmp_path, monkeypatch):
+    """A failure while a progress bar is drawn: the bar is ended first, so the error line is
+    a line of its own, not the tail of the bar."""
+
+    def fail_midway(out_dir, manifest, layers, derived, *, force=False, progress=None):
+        assert progress is not None
+        progress(1, len(layers))  # the bar is drawn, not finished
+        raise store.TraceError(f"cannot write {out_dir}: No space left on device")
+
+    monkeypatch.setattr(store, "write_trace", fail_midway)
+    code, _, err = run_cli(
+        capsys, "run", "--model", str(llama_dir), "--out", str(tmp_path / "x"), "--steps", "1"
+    )
+    assert "layer files" in err  # the bar was there
+    assert_one_line_error(code, err, "No space left on device")
+    assert not any("layer files" in line and "error" in line for line in err.splitlines())
+
+
+def test_quiet_is_silent_including_transformers_bars(llama_dir, tmp_path):
+    result = run_in_process(
+        ["run", "--model", str(llama_dir), "--out", str(tmp_path / "x"), "--steps", "1",
+         "--quiet"],
+        {},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout == ""

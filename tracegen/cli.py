@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from .progress import end_progress_bars
 from .store import TraceError, load_trace
 
 EXIT_ERROR = 2
@@ -105,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         except (ModelError, RunError) as error:
             raise TraceError(str(error)) from None
     except TraceError as error:
+        end_progress_bars()
         print(f"tracegen: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except ModuleNotFoundError as error:
+        end_progress_bars()
         print(
             f"tracegen: error: {error.name} is not installed; tracing needs the extra: "
             "pip install 'tracegen[trace]'",
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_ERROR
     except KeyboardInterrupt:
+        end_progress_bars()
         print("tracegen: interrupted; no trace was written or changed", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

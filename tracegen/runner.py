@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import store
+from . import progress, store
 from .models import ModelError
 
 DEFAULT_WATCHED = (" two", " four", " one", " three", " no", " zero", " none", " foot")
@@ -105,6 +105,8 @@ def run(
     from . import capture, derive, models
 
     stages = Stages(quiet)
+    if quiet:
+        progress.quiet_libraries()
     prompt_path = Path(prompt_file) if prompt_file else BUNDLED_PROMPT
     prompt = read_prompt(prompt_path)
     if steps is not None and not 1 <= steps <= 256:
