@@ -208,3 +208,15 @@ def test_hostile_site_in_chromium(chromium: Any, hostile_site: tuple[Path, str],
     # Tooltips name tokens; the hostile token text is shown in them as text.
     shown = "".join(tooltips)
     assert any(snippet in shown for snippet in VISIBLE), tooltips[:5]
+
+
+def test_info_on_the_hostile_trace_keeps_the_terminal_safe(hostile_trace: Path, capsys) -> None:
+    """`tracegen info` prints trace text with control characters visible or as repr: no raw
+    escape sequence, bell or right-to-left override reaches the terminal."""
+    from tracegen import cli
+
+    assert cli.main(["info", str(hostile_trace)]) == 0
+    out = capsys.readouterr().out
+    assert "<script>alert(1)</script>" in out  # shown, as text
+    assert not any(ord(c) < 32 and c != "\n" for c in out), repr(out[:200])
+    assert "\u202e" not in out

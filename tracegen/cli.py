@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .progress import end_progress_bars
 from .store import TraceError, load_trace
+from .text import terminal_text
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -58,10 +59,13 @@ def info_text(path: Path, top: int = 5) -> str:
     probs = trace.derived("lens_topk_probs")[-1]
     top = min(top, trace.top_k)
     vocab = trace.vocabulary
+    # Trace text reaches the terminal as repr or with its control characters made visible:
+    # an escape sequence in a shared trace must not drive the reader's terminal.
+    texts = (card.spec, card.architecture, card.model_type, card.dtype)
+    spec, arch, kind, dtype = (terminal_text(text) for text in texts)
     lines = [
         f"trace      {trace.path}",
-        f"model      {card.spec} -> {card.architecture} ({card.model_type}), "
-        f"{card.n_params / 1e6:.1f}M parameters, {card.dtype}",
+        f"model      {spec} -> {arch} ({kind}), {card.n_params / 1e6:.1f}M parameters, {dtype}",
         f"shape      {card.n_layers} layers, {card.n_heads} heads ({card.n_kv_heads} kv), "
         f"d_model {card.d_model}, d_head {card.d_head}, vocab {card.vocab_size}",
         f"tokens     {trace.n_prompt} prompt + {len(trace.generated_ids)} generated "

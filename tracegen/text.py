@@ -23,6 +23,7 @@ import html
 import json
 import math
 import re
+import unicodedata
 from typing import Any
 
 # --- HTML and Markdown ---------------------------------------------------------------------
@@ -88,6 +89,14 @@ def visible_controls(text: str, keep: str = "") -> str:
     Characters in `keep` stay. (Right-to-left overrides stay too, as text: the site's CSS
     isolates every element that shows trace text, so they cannot reorder the page.)"""
     return text.translate({k: v for k, v in _CONTROL_PICTURES.items() if chr(k) not in keep})
+
+
+def terminal_text(text: str) -> str:
+    """Trace text for a terminal: control characters as pictures, and invisible format
+    characters (right-to-left overrides, zero-width joiners: Unicode category Cf) as \\u
+    escapes, so that no escape sequence or reordering reaches the reader's terminal."""
+    shown = visible_controls(text)
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cf" else c for c in shown)
 
 
 def show_token(text: str) -> str:

@@ -271,7 +271,7 @@ def check_manifest(manifest: Any, file: Path, tensor_files: list[str]) -> None:
             f.optional(f.integer, run["steps"], "run.steps")
     if "libraries" in m:
         for key, value in f.obj(m["libraries"], "libraries").items():
-            f.string(value, f"libraries.{key}")
+            f.string(value, f"libraries.{shown(key)}")
 
     sums = f.obj(f.key(m, "sha256", "sha256"), "sha256")
     for name in tensor_files:
@@ -291,7 +291,7 @@ def check_timings(timings: Any, file: Path, n_layers: int) -> None:
         "model.n_layers",
     )
     for key, value in f.obj(f.key(t, "stage_seconds", "stage_seconds"), "stage_seconds").items():
-        f.number(value, f"stage_seconds.{key}", 0.0)
+        f.number(value, f"stage_seconds.{shown(key)}", 0.0)
     f.integer(f.key(t, "written", "written"), "written")
 
 
