@@ -228,6 +228,15 @@ def test_manifest_not_json(trace: Path, text: str) -> None:
     assert_one_line(caught.value, "manifest.json")
 
 
+def test_manifest_with_a_lone_surrogate(trace: Path) -> None:
+    text = (trace / store.MANIFEST).read_text(encoding="utf-8")
+    text = text.replace('"llama"', '"ll\\ud800ama"', 1)
+    (trace / store.MANIFEST).write_text(text, encoding="utf-8")
+    with pytest.raises(TraceError) as caught:
+        load_trace(trace)
+    assert_one_line(caught.value, "manifest.json", "lone surrogate (U+D800)")
+
+
 def test_manifest_not_utf8(trace: Path) -> None:
     (trace / store.MANIFEST).write_bytes(b'{"schema": "\xff\xfe"}')
     with pytest.raises(TraceError) as caught:

@@ -40,6 +40,8 @@ def read_prompt(path: Path) -> str:
         raise RunError(
             f"prompt file {path} is not UTF-8 (byte {error.start}); save it as UTF-8"
         ) from None
+    except OSError as error:  # unreadable: permissions, a vanished file
+        raise RunError(f"cannot read prompt file {path}: {error.strerror}") from None
     if not text.strip():
         raise RunError(f"prompt file {path} is empty")
     return text

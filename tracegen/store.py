@@ -635,10 +635,18 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise TraceError(f"{path} is missing; the trace is incomplete, regenerate it")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         # ValueError covers JSONDecodeError and the interpreter's limit on huge integers.
         raise TraceError(f"{path} is not valid JSON ({_first_line(error)})") from None
+    try:  # JSON may spell lone surrogates ("\\ud800"), which no page or file can be written in
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise TraceError(
+            f"{path} holds a lone surrogate (U+{ord(error.object[error.start]):04X}), "
+            "which is not text"
+        ) from None
+    return value
 
 
 def verify_checksums(path: Path, sums: Mapping[str, str], names: Sequence[str]) -> None:

@@ -41,6 +41,11 @@ def shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def key_name(key: str) -> str:
+    """A manifest key inside a field path: as it is when plain, as ASCII JSON otherwise."""
+    return key if re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", key) else shown(key)
+
+
 def kind(value: Any) -> str:
     if value is None:
         return "null"
@@ -271,7 +276,7 @@ def check_manifest(manifest: Any, file: Path, tensor_files: list[str]) -> None:
             f.optional(f.integer, run["steps"], "run.steps")
     if "libraries" in m:
         for key, value in f.obj(m["libraries"], "libraries").items():
-            f.string(value, f"libraries.{shown(key)}")
+            f.string(value, f"libraries.{key_name(key)}")
 
     sums = f.obj(f.key(m, "sha256", "sha256"), "sha256")
     for name in tensor_files:
@@ -291,7 +296,7 @@ def check_timings(timings: Any, file: Path, n_layers: int) -> None:
         "model.n_layers",
     )
     for key, value in f.obj(f.key(t, "stage_seconds", "stage_seconds"), "stage_seconds").items():
-        f.number(value, f"stage_seconds.{shown(key)}", 0.0)
+        f.number(value, f"stage_seconds.{key_name(key)}", 0.0)
     f.integer(f.key(t, "written", "written"), "written")
 
 
