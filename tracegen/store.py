@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import functools
 import hashlib
 import json
@@ -35,6 +34,11 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): the lock file itself is the lock, see lock_target
+    fcntl = None  # type: ignore[assignment]
 
 from .validate import TraceError, check_manifest, check_timings, check_values, shown
 
@@ -267,6 +271,11 @@ class Reservation:
             return
         del _RESERVED[self.target]
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if fcntl is None:  # the file is the lock, and Windows unlinks no open file
+            os.close(self.fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock)
+            return
         with contextlib.suppress(OSError):
             if os.stat(self.lock).st_ino == os.fstat(self.fd).st_ino:
                 os.unlink(self.lock)  # while still locked: no other run can hold this file
@@ -290,7 +299,7 @@ def exchange(a: Path, b: Path) -> None:
 
 try:
     _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
-except OSError:  # no C library to load symbols from (not Linux): the two-rename fallback
+except (OSError, TypeError):  # no C library to load symbols from: the two-rename fallback
     _LIBC = None
 
 
@@ -359,21 +368,36 @@ def check_replaceable(out_dir: Path, target: Path, force: bool) -> None:
             )
 
 
+class TargetBusy(TraceError):
+    """Another live run holds the target's lock."""
+
+
 def lock_target(target: Path) -> Reservation:
     """The lock beside the target: an flock, which the kernel drops when its holder dies,
-    so a killed run never blocks the next one; the file itself goes when the run ends."""
+    so a killed run never blocks the next one; the file itself goes when the run ends.
+    (Without flock, on Windows, creating the file is the lock, and a killed run's file has
+    to be removed by hand: the message says so.)"""
     lock = target.parent / f".{target.name}{LOCK_SUFFIX}"
+    exclusive = 0 if fcntl is not None else os.O_EXCL
     while True:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | exclusive, 0o644)
+        except FileExistsError:
+            raise TargetBusy(
+                f"another tracegen run is writing {target}, or a killed one left {lock}: "
+                "remove that file if no run is going"
+            ) from None
         except OSError as error:
             raise TraceError(f"cannot create {lock}: {error.strerror}") from None
+        if fcntl is None:
+            break
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.lseek(fd, 0, os.SEEK_SET)
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
             os.close(fd)
-            raise TraceError(
+            raise TargetBusy(
                 f"another tracegen run (pid {holder}) is writing {target}; wait for it to end "
                 "or choose another --out"
             ) from None
@@ -387,7 +411,8 @@ def lock_target(target: Path) -> Reservation:
             break
         os.close(fd)
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, f"{os.getpid()}\n".encode())
     held = Reservation(target, fd, lock)
     _RESERVED[target] = held
     return held
@@ -702,7 +727,7 @@ def restore_interrupted(path: Path) -> None:
         return
     try:
         held = lock_target(target)
-    except TraceError:
+    except TargetBusy:
         raise TraceError(
             f"{path} is being replaced by a tracegen run right now; try again when it ends"
         ) from None
