@@ -9,6 +9,7 @@ what was planted. The byte budget runs on the committed trace of the real model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -198,8 +199,16 @@ def write_synthetic_trace(
             "grad_enabled": False,
             "dropout_modules_training": 0,
         },
-        "prompt": {"text": prompt},
-        "tokenizer": {"adds_bos": bool(bos), "bos_token": bos or "<|endoftext|>"},
+        "prompt": {
+            "text": prompt,
+            "sha256": hashlib.sha256(prompt.encode()).hexdigest(),
+            "n_tokens": n_prompt,
+        },
+        "tokenizer": {
+            "adds_bos": bool(bos),
+            "bos_token": bos or "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+        },
         "vocabulary": {str(i): t for i, t in enumerate(vocab)},
     }
     write_trace(out_dir, manifest, layers, derived, force=True)
@@ -679,8 +688,9 @@ def test_three_quarters_is_one_depth_in_every_panel(tmp_path):
 
 
 def test_degenerate_trace_does_not_crash(tmp_path):
-    """One layer, one head, NaNs in the derived tensors, uniform attention (ties everywhere)
-    and no watched tokens: panels still build, and their JSON has no NaN."""
+    """One layer, one head, uniform attention (ties everywhere), no watched tokens and
+    nothing measured by the clock: panels still build, and their JSON has no NaN. (NaN in
+    the derived tensors is refused by the writer's own load, see below.)"""
     from tracegen.panels import build_panels
     from tracegen.store import DERIVED_TENSORS, LAYER_TENSORS
 
@@ -689,8 +699,7 @@ def test_degenerate_trace_does_not_crash(tmp_path):
     manifest["derived"] = {**manifest["derived"], "watched": []}
     derived = {name: base.derived(name) for name in DERIVED_TENSORS}
     derived["watched_probs"] = derived["watched_probs"][..., :0]
-    for name in ("lens_entropy", "lens_kl", "attribution", "layer_seconds"):
-        derived[name] = np.full_like(derived[name], np.nan)
+    derived["layer_seconds"] = np.zeros(base.n_layers)
     n = base.n_positions
     layers = []
     for index in range(base.n_layers):
@@ -703,6 +712,27 @@ def test_degenerate_trace_does_not_crash(tmp_path):
     panels = build_panels(load_trace(trace))
     assert [p.key for p in panels] == PANEL_KEYS
     check_specs(panels)
+
+
+@pytest.mark.parametrize("name", ["lens_entropy", "lens_kl", "attribution"])
+def test_writer_refuses_nan_in_derived(tmp_path, synthetic, name):
+    from tracegen.store import DERIVED_TENSORS, LAYER_TENSORS, TraceError
+
+    derived = {key: synthetic.derived(key) for key in (*DERIVED_TENSORS, "layer_seconds")}
+    derived[name] = np.full_like(derived[name], np.nan)
+    layers = [
+        {key: store_read(synthetic, index, key) for key in LAYER_TENSORS}
+        for index in range(synthetic.n_layers)
+    ]
+    with pytest.raises(TraceError, match=f"{name}: nan at .* is not finite"):
+        write_trace(tmp_path / "nan", synthetic.manifest, layers, derived)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no trace, no leftovers
+
+
+def store_read(trace: Trace, index: int, name: str) -> np.ndarray:
+    from tracegen.store import _read, layer_file
+
+    return _read(trace.path / layer_file(index), name)
 
 
 def test_tiny_random_model_trace(tiny_trace):

@@ -209,3 +209,26 @@ def test_trace_path_env_overrides_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert resolve_trace_path("traces/x", config_file) == tmp_path / "traces" / "x"
     monkeypatch.setenv("FORWARD_PASS_TRACE", "elsewhere/y")
     assert resolve_trace_path("traces/x", config_file) == tmp_path / "elsewhere" / "y"
+
+
+def test_two_builds_from_one_trace_are_byte_identical(tmp_path: Path) -> None:
+    """Without SOURCE_DATE_EPOCH the sitemap is dated from the trace (timings.json's
+    `written`), so two builds agree to the byte, sitemap.xml.gz's gzip header included."""
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    for path in DEFAULT_TRACE.iterdir():
+        if path.name != "timings.json":
+            (trace / path.name).symlink_to(path)
+    timings = json.loads((DEFAULT_TRACE / "timings.json").read_text(encoding="utf-8"))
+    timings["written"] = 365 * 86400  # 1971-01-01: not today, whatever today is
+    (trace / "timings.json").write_text(json.dumps(timings), encoding="utf-8")
+    os.environ.pop("SOURCE_DATE_EPOCH", None)
+    sites = [tmp_path / "one", tmp_path / "two"]
+    for site in sites:
+        build_site(site, trace)
+    files = sorted(p.relative_to(sites[0]) for p in sites[0].rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(sites[1]) for p in sites[1].rglob("*") if p.is_file())
+    differ = [f for f in files if (sites[0] / f).read_bytes() != (sites[1] / f).read_bytes()]
+    assert differ == []
+    sitemap = (sites[0] / "sitemap.xml").read_text(encoding="utf-8")
+    assert re.findall(r"<lastmod>([^<]*)</lastmod>", sitemap)[0] == "1971-01-01"

@@ -44,8 +44,9 @@ def test_storage_precision():
 
 def test_committed_trace_loads_lazily():
     trace = load_trace(COMMITTED_TRACE)
-    assert "_derived" not in trace.__dict__  # opening reads shapes only
-    assert trace.model.n_layers == len(trace.files()) - 2
+    # Opening reads and checks the derived values; layer tensors are read on first use.
+    assert "_derived" in trace.__dict__
+    assert trace.model.n_layers == len(trace.files()) - 3  # + manifest, derived, timings
     probs = trace.layer(5, "attn_probs")
     assert probs.dtype == np.float32 and probs.shape[1] == probs.shape[2] == trace.n_positions
 

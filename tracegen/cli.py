@@ -10,7 +10,9 @@ import os
 import sys
 from pathlib import Path
 
+from .progress import end_progress_bars
 from .store import TraceError, load_trace
+from .text import terminal_text
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -63,10 +65,13 @@ def info_text(path: Path, top: int = 5) -> str:
     probs = trace.derived("lens_topk_probs")[-1]
     top = min(top, trace.top_k)
     vocab = trace.vocabulary
+    # Trace text reaches the terminal as repr or with its control characters made visible:
+    # an escape sequence in a shared trace must not drive the reader's terminal.
+    texts = (card.spec, card.architecture, card.model_type, card.dtype)
+    spec, arch, kind, dtype = (terminal_text(text) for text in texts)
     lines = [
         f"trace      {trace.path}",
-        f"model      {card.spec} -> {card.architecture} ({card.model_type}), "
-        f"{card.n_params / 1e6:.1f}M parameters, {card.dtype}",
+        f"model      {spec} -> {arch} ({kind}), {card.n_params / 1e6:.1f}M parameters, {dtype}",
         f"shape      {card.n_layers} layers, {card.n_heads} heads ({card.n_kv_heads} kv), "
         f"d_model {card.d_model}, d_head {card.d_head}, vocab {card.vocab_size}",
         f"tokens     {trace.n_prompt} prompt + {len(trace.generated_ids)} generated "
@@ -127,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         except (ModelError, RunError, GateError) as error:
             raise TraceError(str(error)) from None
     except TraceError as error:
+        end_progress_bars()
         print(f"tracegen: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except ModuleNotFoundError as error:
+        end_progress_bars()
         print(
             f"tracegen: error: {error.name} is not installed; tracing needs the extra: "
             "pip install 'tracegen[trace]'",
@@ -137,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_ERROR
     except KeyboardInterrupt:
+        end_progress_bars()
         print("tracegen: interrupted; no trace was written or changed", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

@@ -14,7 +14,6 @@ Markers it understands:
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import logging
 import os
@@ -35,10 +34,26 @@ from mkdocs.utils import get_relative_url
 
 from tracegen import card, publish
 from tracegen.store import ModelCard, Trace, TraceError, load_trace
+from tracegen.text import (
+    attr_single,
+    code_md,
+    escape,
+    fmt_file_size,
+    fmt_short_count,
+    md_text,
+    pre_md,
+    safe_slug,
+    show_token,
+    visible_controls,
+)
 
 log = logging.getLogger("mkdocs.plugins.forward-pass")
 
 TRACE_ENV = "FORWARD_PASS_TRACE"
+SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
+# The value this plugin set, so that a rebuild (`mkdocs serve`) from another trace updates it
+# while a value the user set is left alone.
+_EPOCH_FROM_TRACE: dict[str, str] = {}
 ASSET_DIR = "assets/forward-pass"
 VEGA_BUNDLE = f"{ASSET_DIR}/vega-bundle.js"
 CARD_IMAGE = f"{ASSET_DIR}/card.png"
@@ -72,6 +87,11 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         except TraceError as error:
             raise PluginError(f"forward-pass: cannot load trace: {error}") from None
         self.panels = build_panel_map(self.trace)
+        # Reproducible builds: MkDocs dates the sitemap (and its gzip header) from
+        # SOURCE_DATE_EPOCH when set, else from the clock; without one, use the trace's date.
+        if os.environ.get(SOURCE_DATE_EPOCH) in (None, _EPOCH_FROM_TRACE.get("value")):
+            epoch = str(self.trace.timings["written"])
+            os.environ[SOURCE_DATE_EPOCH] = _EPOCH_FROM_TRACE["value"] = epoch
         log.info("forward-pass: %d panels from %s", len(self.panels), self.trace_path)
         # Our CSS/JS are listed here, not in mkdocs.yml, so that they travel with the plugin.
         config.extra_css.append(f"{ASSET_DIR}/forward-pass.css")
@@ -93,7 +113,7 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
             files.append(File.generated(config, f"{ASSET_DIR}/{name}", content=content))
         files.append(File.generated(config, VEGA_BUNDLE, content=vega_bundle()))
         saved = publish.prune_theme_files(files, config)
-        log.info("forward-pass: %s of unused theme files left out", human_bytes(saved))
+        log.info("forward-pass: %s of unused theme files left out", fmt_file_size(saved))
         if license_path := publish.license_file(config):
             files.append(File.generated(config, LICENSE_URI, abs_src_path=str(license_path)))
         if self.config.social_card:
@@ -112,14 +132,15 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
                     svg = fallback_svg(chart.spec)
                     if svg is None:
                         continue
-                    uri = f"{ASSET_DIR}/fallback/{self.trace.model.slug}-{panel.key}-{index}.svg"
+                    slug = safe_slug(self.trace.model.slug)
+                    uri = f"{ASSET_DIR}/fallback/{slug}-{panel.key}-{index}.svg"
                     files.append(File.generated(config, uri, content=svg))
                     self.fallbacks[(panel.key, index)] = uri
         return files
 
     @property
     def trace_uri(self) -> str:
-        return f"traces/{self.trace.model.slug}"
+        return f"traces/{safe_slug(self.trace.model.slug)}"  # the slug is trace text
 
     @property
     def archive_uri(self) -> str:
@@ -177,7 +198,7 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
             # A chart fitted to its panel may ask not to shrink below a width (it scrolls).
             min_width = usermeta.get("minWidth")
             style = f' style="min-width:{int(min_width)}px"' if min_width else ""
-            alt = html.escape(chart.alt)
+            alt = escape(chart.alt)
             fallback = ""
             if (key, index) in self.fallbacks:
                 src = get_relative_url(self.fallbacks[(key, index)], page.url)
@@ -185,18 +206,18 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
             figures.append(
                 f'<figure class="fp-figure">'
                 f'<div class="fp-chart" role="img" aria-label="{alt}" '
-                f"data-renderer=\"{html.escape(renderer)}\" data-spec='{attr_single(spec)}'>"
+                f"data-renderer=\"{escape(renderer)}\" data-spec='{attr_single(spec)}'>"
                 # vega-embed relabels its host element, so it draws into this inner one.
                 f'<div class="fp-vega"{style}></div></div>{fallback}'
                 f"<figcaption>{alt}</figcaption></figure>"
             )
-        verdict = html.escape(panel.verdict)
+        verdict = escape(panel.verdict)
         slug = re.sub(r"[^a-z]+", "-", panel.verdict.lower()).strip("-")
         return (
             f'<aside class="fp-panel" id="panel-{key}" data-panel="{key}" tabindex="0" '
             f'aria-labelledby="panel-{key}-q">'
             f'<div class="fp-panel-head"><h2 class="fp-question" id="panel-{key}-q">'
-            f"{html.escape(panel.question)}</h2>"
+            f"{escape(panel.question)}</h2>"
             f'<span class="fp-verdict fp-verdict--{slug}">{verdict}</span></div>'
             f'{"".join(figures)}<div class="fp-caption">{panel.caption}</div></aside>'
         )
@@ -221,7 +242,11 @@ def build_panel_map(trace: Trace) -> dict[str, Any]:
     except ImportError as error:
         raise PluginError(f"forward-pass: tracegen.panels has no build_panels ({error})") from None
     panels: dict[str, Any] = {}
-    for panel in build_panels(trace):
+    try:
+        built = build_panels(trace)
+    except TraceError as error:  # a damaged layer file is found when a panel reads it
+        raise PluginError(f"forward-pass: cannot load trace: {error}") from None
+    for panel in built:
         if panel.key in panels:
             raise PluginError(f"forward-pass: build_panels returned panel {panel.key!r} twice")
         panels[panel.key] = panel
@@ -245,11 +270,6 @@ def check_markers(markdown: str, panels: dict[str, Any]) -> None:
         raise PluginError("forward-pass: story page: " + "; ".join(problems))
 
 
-def attr_single(text: str) -> str:
-    """Escape for a single-quoted HTML attribute; JSON's many double quotes stay one byte."""
-    return text.replace("&", "&amp;").replace("'", "&#39;")
-
-
 def vega_bundle() -> str:
     if "bundle" not in _BUNDLE_CACHE:
         import vl_convert
@@ -269,7 +289,7 @@ def fallback_svg(spec: dict[str, Any]) -> str | None:
         # a phone's panel or the chart's minimum width (see render_panel).
         min_width = int((spec.get("usermeta") or {}).get("minWidth") or 0)
         fixed = {"width": max(360, min_width)} if spec.get("width") == "container" else {}
-        static = visible_controls({**spec, **fixed})
+        static = visible_in_spec({**spec, **fixed})
         try:
             _SVG_CACHE[digest] = vl_convert.vegalite_to_svg(static)
         except Exception as error:  # vl-convert raises plain ValueError with a long message
@@ -278,63 +298,48 @@ def fallback_svg(spec: dict[str, Any]) -> str | None:
     return _SVG_CACHE[digest]
 
 
-def visible_controls(value: Any) -> Any:
-    """Control characters (byte-level tokens of small vocabularies) as their visible U+24xx
-    pictures: vl-convert aborts the whole process on them, and SVG cannot hold them."""
+def visible_in_spec(value: Any) -> Any:
+    """Every string of a spec with its control characters made visible (`visible_controls`,
+    keeping tabs and newlines): vl-convert aborts the whole process on them."""
     if isinstance(value, str):
-        return CONTROL_CHARS.sub(
-            lambda m: chr(0x2400 + ord(m.group())).replace("\u247f", "\u2421"), value
-        )
+        return visible_controls(value, keep="\t\n\r")
     if isinstance(value, dict):
-        return {k: visible_controls(v) for k, v in value.items()}
+        return {k: visible_in_spec(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [visible_controls(v) for v in value]
+        return [visible_in_spec(v) for v in value]
     return value
 
 
-CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def human_count(n: int) -> str:
-    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return str(n)
-
-
-def human_bytes(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
-
-
 # --- generated Markdown for <!-- fp: NAME --> markers ----------------------------------------
+
+
+# Every string from the trace goes through tracegen.text: `md_text` inline, `code_md` for
+# code, `pre_md` for blocks. No Markdown code spans or fences (a backtick or a line of them in
+# the text would end them), no trace string in a link, a heading or a URL.
 
 
 def fill_model_line(plugin: ForwardPassPlugin, page: Page) -> str:
     m, t = plugin.trace.model, plugin.trace
     made = get_relative_url("made.md", page.file.src_uri)
     return (
-        f"The panels beside each paragraph show what **{m.slug}** ({m.n_layers} layers, "
-        f"{m.n_heads} heads, {human_count(m.n_params)} parameters) computed on the story's own "
-        f"prompt of {t.n_prompt} tokens. [How this was made]({made})."
+        f"The panels beside each paragraph show what <strong>{md_text(m.slug)}</strong> "
+        f"({m.n_layers} layers, {m.n_heads} heads, {fmt_short_count(m.n_params)} parameters) "
+        f"computed on the story's own prompt of {t.n_prompt} tokens. [How this was made]({made})."
     )
 
 
 def fill_model_card(plugin: ForwardPassPlugin, page: Page) -> str:
     m = plugin.trace.model
     rows = [
-        ("Model spec", f"`{m.spec}`"),
-        ("Source", f"`{m.source}`"),
-        ("Architecture", f"`{m.architecture}` (`{m.model_type}`)"),
+        ("Model spec", code_md(m.spec)),
+        ("Source", code_md(m.source)),
+        ("Architecture", f"{code_md(m.architecture)} ({code_md(m.model_type)})"),
         ("Layers", m.n_layers),
         ("Attention heads (query / key-value)", f"{m.n_heads} / {m.n_kv_heads}"),
         ("Width d_model / d_head / d_mlp", f"{m.d_model} / {m.d_head} / {m.d_mlp}"),
         ("Vocabulary", f"{m.vocab_size:,}"),
         ("Parameters", f"{m.n_params:,}"),
-        ("Weights dtype", f"`{m.dtype}`"),
+        ("Weights dtype", code_md(m.dtype)),
         ("Max context", f"{m.max_context:,} tokens"),
     ]
     return table(("Property", "Value"), rows)
@@ -359,9 +364,9 @@ def fill_gate(plugin: ForwardPassPlugin, page: Page) -> str:
     for name, check in gate["checks"].items():
         what = GATE_CHECKS.get(name, "")
         rows.append((
-            f"`{html.escape(str(name))}`: {html.escape(what)}",
+            f"{code_md(name)}: {md_text(what)}",
             f"{float(check['error']):.2e} (tolerance {float(check['tolerance']):.0e}, "
-            f"{html.escape(str(check['where']))})",
+            f"{md_text(check['where'])})",
         ))  # fmt: skip
     verdict = "passed" if gate.get("passed") is True else "did **not** pass"
     sums = (
@@ -370,21 +375,31 @@ def fill_gate(plugin: ForwardPassPlugin, page: Page) -> str:
         else "do not all sum to 1 (the model has attention sinks or similar)"
     )
     return (
-        f"Every check {verdict} for this trace, made in `{html.escape(str(gate.get('dtype')))}`; "
+        f"Every check {verdict} for this trace, made in {code_md(gate.get('dtype'))}; "
         f"the model's own attention rows {sums}.\n\n"
         + table(("Check", "Largest error"), rows)
     )
 
 
+# The manifest's sections that get a heading of their own, in this order; anything else a
+# trace carries is listed under "Other fields" (its names are trace text, not headings).
+PROVENANCE_SECTIONS = ("model", "tokenizer", "prompt", "run", "derived", "libraries")
+# The gate has a section of its own on the page.
+PROVENANCE_SKIP = {
+    "tokens", "vocabulary", "schema", "schema_version", "sha256", "n_positions", "gate"
+}  # fmt: skip
+PROVENANCE_SKIP_FIELDS = {("prompt", "text")}
+
+
 def fill_provenance(plugin: ForwardPassPlugin, page: Page) -> str:
     """The rest of the manifest, one table per section (token lists and the prompt text are
-    shown elsewhere; the vocabulary excerpt is only counted)."""
+    shown elsewhere, the checksums with the downloads; the vocabulary is only counted)."""
     manifest = plugin.trace.manifest
     card = set(ModelCard.__dataclass_fields__)
     parts = []
-    for section in sorted(manifest):
-        value = manifest[section]
-        if section in PROVENANCE_SKIP or not isinstance(value, dict):
+    for section in PROVENANCE_SECTIONS:
+        value = manifest.get(section)
+        if not isinstance(value, dict):
             continue
         rows: list[tuple[str, str]] = []
         for key in sorted(value):
@@ -392,17 +407,18 @@ def fill_provenance(plugin: ForwardPassPlugin, page: Page) -> str:
                 continue
             flatten(f"{section}.{key}", value[key], rows)
         if rows:
-            parts.append(f"### `{section}`\n\n" + table(("Field", "Value"), rows))
-    if isinstance(manifest.get("vocabulary"), dict):
-        parts.append(
-            f"The manifest also keeps the text of {len(manifest['vocabulary']):,} vocabulary "
-            "entries that the charts name (top-k predictions, watched tokens)."
-        )
+            parts.append(f"### The {section} section\n\n" + table(("Field", "Value"), rows))
+    others: list[tuple[str, str]] = []
+    for section in sorted(manifest):
+        if section not in PROVENANCE_SECTIONS and section not in PROVENANCE_SKIP:
+            flatten(section, manifest[section], others)
+    if others:
+        parts.append("### Other fields\n\n" + table(("Field", "Value"), others))
+    parts.append(
+        f"The manifest also keeps the text of {len(manifest['vocabulary']):,} vocabulary "
+        "entries that the charts name (top-k predictions, watched tokens)."
+    )
     return "\n\n".join(parts)
-
-
-PROVENANCE_SKIP = {"tokens", "vocabulary", "schema", "schema_version", "gate"}
-PROVENANCE_SKIP_FIELDS = {("prompt", "text")}
 
 
 def flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
@@ -421,11 +437,11 @@ def flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
         text = json.dumps(value, ensure_ascii=False)
     if len(text) > 100:
         text = text[:97] + "…"
-    rows.append((f"`{prefix}`", f"<code>{html.escape(text)}</code>"))
+    rows.append((code_md(prefix), code_md(text)))
 
 
 def fill_prompt(plugin: ForwardPassPlugin, page: Page) -> str:
-    return "```text\n" + plugin.trace.prompt_text + "\n```"
+    return pre_md(plugin.trace.prompt_text)
 
 
 def fill_tokens(plugin: ForwardPassPlugin, page: Page) -> str:
@@ -433,9 +449,9 @@ def fill_tokens(plugin: ForwardPassPlugin, page: Page) -> str:
     spans = []
     prompt = zip(t.token_ids[: t.n_prompt], t.token_strings[: t.n_prompt], strict=True)
     for index, (tid, text) in enumerate(prompt):
-        shown = visible_controls(text.replace(" ", "·").replace("\n", "↵").replace("\t", "⇥"))
-        title = html.escape(f"#{index} id {tid}: {json.dumps(text, ensure_ascii=False)}")
-        spans.append(f'<span class="fp-tok" title="{title}">{html.escape(shown)}</span>')
+        shown = show_token(text).replace(" ", "·").replace("␣", "·")
+        title = md_text(f"#{index} id {tid}: {json.dumps(text, ensure_ascii=False)}")
+        spans.append(f'<span class="fp-tok" title="{title}">{md_text(shown)}</span>')
     lead = (
         f"The tokenizer splits the prompt into **{t.n_prompt} tokens** "
         "(· is a space, ↵ a newline, ⇥ a tab; hover a token for its id):"
@@ -448,28 +464,33 @@ def fill_downloads(plugin: ForwardPassPlugin, page: Page) -> str:
     if not plugin.config.raw_trace:
         return (
             f"This copy of the site leaves the raw trace out (`raw_trace: false`): its "
-            f"{len(files)} files, {human_bytes(sum(p.stat().st_size for p in files))}, are in "
+            f"{len(files)} files, {fmt_file_size(sum(p.stat().st_size for p in files))}, are in "
             f"the project's repository under `traces/{plugin.trace.model.slug}/`."
         )
 
     def link(name: str, uri: str) -> str:
         # Markdown links are relative to the source file; MkDocs rewrites them for the URL.
+        # The names are the schema's own (layer_000.safetensors ...), never trace text.
         return f"[`{name}`]({get_relative_url(uri, page.file.src_uri)})"
 
+    sums = plugin.trace.manifest["sha256"]
     archive = publish.trace_archive(files, plugin.trace.model.slug)
     archive_link = link(Path(plugin.archive_uri).name, plugin.archive_uri)
-    rows = [(f"{archive_link}: all files in one zip", human_bytes(len(archive)))]
+    rows = [(f"{archive_link}: all files in one zip", fmt_file_size(len(archive)), "")]
     for path in files:
-        size = human_bytes(path.stat().st_size)
-        rows.append((link(path.name, f"{plugin.trace_uri}/{path.name}"), size))
+        digest = f"<code>{sums[path.name]}</code>" if path.name in sums else ""
+        rows.append(
+            (link(path.name, f"{plugin.trace_uri}/{path.name}"),
+             fmt_file_size(path.stat().st_size), digest)
+        )  # fmt: skip
     total = sum(path.stat().st_size for path in files)
-    rows.append((f"**{len(files)} files**", f"**{human_bytes(total)}**"))
-    return table(("File", "Size"), rows)
+    rows.append((f"**{len(files)} files**", f"**{fmt_file_size(total)}**", ""))
+    return table(("File", "Size", "sha256"), rows)
 
 
-def table(header: tuple[str, str], rows: list[tuple[Any, Any]]) -> str:
-    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
-    lines += [f"| {a} | {b} |" for a, b in rows]
+def table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

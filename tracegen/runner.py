@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import store
+from . import progress, store
 from .models import ModelError
 
 DEFAULT_WATCHED = (" two", " four", " one", " three", " no", " zero", " none", " foot")
@@ -33,7 +33,7 @@ class RunError(RuntimeError):
 def read_prompt(path: Path) -> str:
     if path.is_dir():
         raise RunError(f"prompt file {path} is a folder; give a UTF-8 text file")
-    if not path.is_file():
+    if not path.exists():  # not is_file(): /dev/null and pipes are files to read, not missing
         raise RunError(f"prompt file {path} does not exist")
     try:
         text = path.read_bytes().decode("utf-8")
@@ -41,6 +41,8 @@ def read_prompt(path: Path) -> str:
         raise RunError(
             f"prompt file {path} is not UTF-8 (byte {error.start}); save it as UTF-8"
         ) from None
+    except OSError as error:  # unreadable: permissions, a vanished file
+        raise RunError(f"cannot read prompt file {path}: {error.strerror}") from None
     if not text.strip():
         raise RunError(f"prompt file {path} is empty")
     return text
@@ -101,6 +103,7 @@ class Tokens:
     max_context: int
 
 
+@store.holding_targets  # the target reserved by check_target is released however run ends
 def run(
     model_spec: str | None = None,
     prompt_file: Path | None = None,
@@ -119,6 +122,8 @@ def run(
     from . import models
 
     stages = Stages(quiet)
+    if quiet:
+        progress.quiet_libraries()
     prompt_path = Path(prompt_file) if prompt_file else BUNDLED_PROMPT
     prompt = read_prompt(prompt_path)
     if steps is not None and not 1 <= steps <= 256:

@@ -21,6 +21,7 @@ from .common import (
     WIDTH,
     answer_position,
     caption,
+    escape,
     fmt_pct,
     head_label,
     line_of_each_token,
@@ -260,7 +261,8 @@ def build(trace: Trace) -> Panel:
         charts=[to_chart(chart, alt_text)],
         caption=caption(
             f"Attention from the last prompt position (the one that predicts the answer) back to "
-            f"the start of the prompt, <q>{start_text[:60]}{'…' if len(start_text) > 60 else ''}"
+            f"the start of the prompt, <q>{escape(visible_controls(start_text[:60]))}"
+            f"{'…' if len(start_text) > 60 else ''}"
             f"</q>.",
             items,
         ),

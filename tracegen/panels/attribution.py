@@ -22,6 +22,7 @@ from .common import (
     answer_position,
     caption,
     count_position,
+    escape,
     fmt_num,
     fmt_pct,
     parse_components,
@@ -113,7 +114,7 @@ def build(trace: Trace) -> Panel:
         text = (
             f"For {name} ({token_html(text_of(top_ids[p]))}, logit {fmt_num(logit[p])}): the "
             "largest writers are "
-            + ", ".join(f"{components[i].label} ({fmt_num(parts[i])})" for i in order)
+            + ", ".join(f"{escape(components[i].label)} ({fmt_num(parts[i])})" for i in order)
             + f"; attention writes {fmt_num(kinds['attn'])} in all and the MLPs "
             f"{fmt_num(kinds['mlp'])}; the last quarter of the layers ({last_quarter}) writes "
             f"{fmt_pct(late_share)} of the logit."

@@ -3,8 +3,6 @@ probabilities of candidate counts where the model has to say how many eyes."""
 
 from __future__ import annotations
 
-import html
-
 import altair as alt
 import numpy as np
 
@@ -19,6 +17,7 @@ from .common import (
     context_before,
     count_position,
     count_tokens,
+    escape,
     fmt_pct,
     fmt_rank,
     rank_title,
@@ -164,7 +163,7 @@ def build(trace: Trace) -> Panel:
         charts=[to_chart(dots, alt_text)],
         caption=caption(
             f"The count position is position {position}, after "
-            f"<q>{html.escape(context_before(trace, position))}</q>: {count.how}.",
+            f"<q>{escape(context_before(trace, position))}</q>: {count.how}.",
             items,
         ),
         verdict=verdict,

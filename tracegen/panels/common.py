@@ -7,7 +7,6 @@ turned into `Chart` (a Vega-Lite dict plus its text alternative) by `to_chart`.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
@@ -19,6 +18,16 @@ import altair as alt
 import numpy as np
 
 from ..store import Trace
+from ..text import (  # noqa: F401  (re-exported: the panels import these from here)
+    escape,
+    finite,
+    fmt_bytes,
+    fmt_count,
+    js_string,
+    show_token,
+    token_html,
+    visible_controls,
+)
 
 if TYPE_CHECKING:
     from . import Chart
@@ -96,13 +105,18 @@ def _round_sig(x: float, digits: int) -> float:
 
 def label_expr(field: str, labels: dict[str, str]) -> str:
     """A Vega expression mapping a field's short codes to readable labels."""
-    parts = [f"datum.{field} == {code!r} ? {label!r}" for code, label in labels.items()]
+    # Codes and labels may be trace text (component names): literals through js_string.
+    parts = [
+        f"datum.{field} == {js_string(code)} ? {js_string(label)}" for code, label in labels.items()
+    ]
     return " : ".join([*parts, f"datum.{field}"])
 
 
-def finite(x: Any, default: float = 0.0) -> float:
-    value = float(x)
-    return value if math.isfinite(value) else default
+def value_labels(names: dict[Any, str]) -> str:
+    """A Vega expression that shows an axis value as its label (labels may be trace text,
+    so every literal goes through js_string)."""
+    pairs = ", ".join(f"{js_string(str(key))}: {js_string(label)}" for key, label in names.items())
+    return "{" + pairs + "}[datum.value]"
 
 
 def fmt_pct(p: float) -> str:
@@ -140,23 +154,6 @@ def fmt_si(x: float, unit: str = "") -> str:
         if abs(x) >= factor:
             return f"{x / factor:.3g} {prefix}{unit}"
     return f"{x:.3g} {unit}".rstrip()
-
-
-def fmt_count(n: float) -> str:
-    """135e6 -> '135 million' (for parameter counts, where 'M' reads like a unit)."""
-    n = float(n)
-    for factor, word in ((1e12, "trillion"), (1e9, "billion"), (1e6, "million"), (1e3, "thousand")):
-        if abs(n) >= factor:
-            return f"{n / factor:.3g} {word}"
-    return f"{n:.0f}"
-
-
-def fmt_bytes(n: float) -> str:
-    n = float(n)
-    for factor, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if n >= factor:
-            return f"{n / factor:.3g} {unit}"
-    return f"{int(n)} bytes"
 
 
 def fmt_seconds(s: float) -> str:
@@ -201,28 +198,6 @@ def rank_title(of: str | None = None) -> str:
 
 
 # --- token text -------------------------------------------------------------------------------
-
-
-def show_token(text: str) -> str:
-    """Make a token's whitespace visible: a leading space as ␣, newlines as ↵, other control
-    characters as their Unicode control pictures (a raw control character in a text mark
-    can crash a renderer; random models emit them)."""
-    if text == "":
-        return "∅"
-    shown = text.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
-    shown = visible_controls(shown)
-    return "␣" + shown[1:] if shown.startswith(" ") else shown
-
-
-def visible_controls(text: str) -> str:
-    return "".join(_CONTROL_PICTURES.get(ord(c), c) for c in text)
-
-
-_CONTROL_PICTURES = {**{code: chr(0x2400 + code) for code in range(32)}, 127: "␡"}
-
-
-def token_html(text: str) -> str:
-    return f"<code>{html.escape(show_token(text))}</code>"
 
 
 def vocabulary(trace: Trace) -> Callable[[int], str]:

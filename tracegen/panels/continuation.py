@@ -3,7 +3,6 @@ the greedy continuation step by step, and the bet read through the lens at every
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import altair as alt
@@ -27,6 +26,7 @@ from .common import (
     count_position,
     count_tokens,
     depth_axis,
+    escape,
     fmt_pct,
     rank_title,
     rounded,
@@ -35,6 +35,7 @@ from .common import (
     three_quarters_depth,
     to_chart,
     token_html,
+    value_labels,
     visible_controls,
     vocabulary,
 )
@@ -264,9 +265,9 @@ def build(trace: Trace) -> Panel:
             to_chart(over_depth, f"Through the lens, {BET_WORD} leads at {depth_ranges(led)}."),
         ],
         caption=caption(
-            f"Greedy continuation after <q>{html.escape(prompt_end)}</q>: "
-            f"<q>{html.escape(continuation)}</q> "
-            f"({len(generated)} tokens, {html.escape(stop_reason(trace))}).",
+            f"Greedy continuation after <q>{escape(prompt_end)}</q>: "
+            f"<q>{escape(continuation)}</q> "
+            f"({len(generated)} tokens, {escape(stop_reason(trace))}).",
             items,
         ),
         verdict=verdict,
@@ -281,4 +282,4 @@ def stop_reason(trace: Trace) -> str:
 
 def _step_labels(rows: list[dict]) -> str:
     names = {row["s"]: f"{row['s']}: {row['g']}" for row in rows}
-    return "{" + ", ".join(f"'{s}': {text!r}" for s, text in names.items()) + "}[datum.value]"
+    return value_labels(names)

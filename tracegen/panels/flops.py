@@ -13,6 +13,7 @@ from .common import (
     THREE_QUARTERS,
     WIDTH,
     caption,
+    escape,
     finite,
     fmt_num,
     fmt_pct,
@@ -121,7 +122,7 @@ def build(trace: Trace) -> Panel:
     }
     items = [
         "Shares of the total: "
-        + ", ".join(f"{labels[name]} {fmt_pct(value)}" for name, value in ranked)
+        + ", ".join(f"{escape(labels[name])} {fmt_pct(value)}" for name, value in ranked)
         + ".",
         f"Per prompt token that is {fmt_si(total / n_prompt, 'FLOPs')}; the rule of thumb "
         f"2 &times; parameters &times; tokens gives {fmt_si(two_n, 'FLOPs')} "
@@ -136,7 +137,7 @@ def build(trace: Trace) -> Panel:
     ]
     alt_text = (
         f"The prompt pass costs {fmt_si(total, 'FLOPs')}, "
-        f"{fmt_pct(ranked[0][1])} of it in {labels[ranked[0][0]]}."
+        f"{fmt_pct(ranked[0][1])} of it in {escape(labels[ranked[0][0]])}."
     )
     return Panel(
         key="p2",

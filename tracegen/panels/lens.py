@@ -33,6 +33,7 @@ from .common import (
     three_quarters_depth,
     to_chart,
     token_html,
+    value_labels,
     vocabulary,
 )
 
@@ -227,4 +228,4 @@ def build(trace: Trace) -> Panel:
 def _label_expr(rows: list[dict]) -> str:
     """Axis labels show the input token at each position instead of its number."""
     names = {row["p"]: row["in"] for row in rows}
-    return "{" + ", ".join(f"'{p}': {text!r}" for p, text in names.items()) + "}[datum.value]"
+    return value_labels(names)

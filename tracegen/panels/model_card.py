@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import html
-
 import altair as alt
 
 from ..store import Trace
@@ -16,8 +14,10 @@ from .common import (
     STORY_TOKEN,
     WIDTH,
     caption,
+    escape,
     fmt_count,
     fmt_int,
+    js_string,
     ordinal,
     to_chart,
 )
@@ -75,7 +75,9 @@ def build(trace: Trace) -> Panel:
             y=y,
             text="label:N",
             color=alt.condition(
-                alt.datum.model == card.slug, alt.value("#ffffff"), alt.value("#000000")
+                f"datum.model === {js_string(card.slug)}",
+                alt.value("#ffffff"),
+                alt.value("#000000"),
             ),
             tooltip=tooltip,
         )
@@ -100,7 +102,7 @@ def build(trace: Trace) -> Panel:
         "gpt3_depth_ratio": depth_ratio,
         "gpt3_size_ratio": size_ratio,
     }
-    name = html.escape(card.slug)
+    name = escape(card.slug)
     alt_text = (
         f"{card.slug} has {card.n_layers} layers and {fmt_count(card.n_params)} parameters; "
         f"GPT-3 has {GPT3_LAYERS} layers ({depth_ratio:.1f}x deeper) and "
@@ -109,14 +111,14 @@ def build(trace: Trace) -> Panel:
     text = caption(
         f"The narrator is GPT-3 ({GPT3_LAYERS} layers, {fmt_count(GPT3_PARAMS)} parameters). "
         f"The model traced here is <strong>{name}</strong> "
-        f"(<code>{html.escape(card.architecture)}</code>): {depth_ratio:.1f}&times; shallower "
+        f"(<code>{escape(card.architecture)}</code>): {depth_ratio:.1f}&times; shallower "
         f"and {size_ratio:,.0f}&times; smaller.",
         [
             f"{card.n_layers} layers, {card.n_heads} query heads sharing {card.n_kv_heads} "
             f"key/value heads, width {fmt_int(card.d_model)} ({card.d_head} per head), "
             f"MLP width {fmt_int(card.d_mlp)}",
             f"{fmt_int(card.n_params)} parameters, vocabulary of {fmt_int(card.vocab_size)} "
-            f"tokens, context of {fmt_int(card.max_context)}, computed in {card.dtype}",
+            f"tokens, context of {fmt_int(card.max_context)}, computed in {escape(card.dtype)}",
             f"the prompt is {n_prompt} tokens long"
             + (
                 f", so the story's {ordinal(STORY_TOKEN)} token does not exist here"
