@@ -220,6 +220,17 @@ def _is_line_end(token_text: str) -> bool:
     return "\n" in token_text
 
 
+def input_device(model) -> torch.device:
+    """Where the token ids go in. A model placed by accelerate (`hf_device_map`) may have its
+    first weights on disk; its hooks move inputs on, so the CPU serves unless the embedding
+    sits on a GPU."""
+    placement = getattr(model, "hf_device_map", None)
+    if placement:
+        first = next(iter(placement.values()))
+        return torch.device(f"cuda:{first}" if isinstance(first, int) else "cpu")
+    return next(model.parameters()).device
+
+
 def use_attention(model, name: str) -> None:
     """Switch a loaded model between the recorder ("tracegen") and stock "eager"."""
     if name == ATTENTION_NAME:
@@ -284,7 +295,7 @@ class Tracer:
     def __init__(self, model, tokenizer, adapter: Adapter, prompt_ids: list[int]):
         self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
         self.prompt_ids = list(prompt_ids)
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self.inline = adapter.family.qkv != "interface"
         self.records: list[list[dict[str, torch.Tensor]]] = []  # per pass, per block
         self.score_errors = [0.0] * len(adapter.blocks)

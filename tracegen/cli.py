@@ -44,6 +44,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="replace an existing trace folder")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument(
+        "--device-map",
+        choices=["auto", "balanced", "sequential"],
+        help="place layers across GPUs, the CPU and disk with accelerate (for models larger "
+        "than one device); see --max-memory and --offload-folder",
+    )
+    run.add_argument(
+        "--max-memory",
+        metavar="DEVICE=AMOUNT,...",
+        help="with --device-map: e.g. 0=20GiB,cpu=60GiB",
+    )
+    run.add_argument(
+        "--offload-folder",
+        type=Path,
+        help="with --device-map: where layers that fit nowhere else are kept on disk",
+    )
+    run.add_argument(
         "--no-cache",
         action="store_true",
         help="de-quantise a GGUF file again instead of reading its weights from the cache "
@@ -128,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                 force=args.force,
                 quiet=args.quiet,
                 cache=not args.no_cache,
+                device_map=args.device_map,
+                max_memory=args.max_memory,
+                offload_folder=args.offload_folder,
             )
         except (ModelError, RunError, GateError) as error:
             raise TraceError(str(error)) from None

@@ -16,6 +16,7 @@ outputs on every run, so a wrong or missing entry refuses the trace instead of w
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -190,6 +191,24 @@ class Adapter:
         if self.logit_softcap:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
+
+
+def head_on_cpu(adapter: Adapter) -> Adapter:
+    """The adapter with float32 CPU copies of the final norm and the unembedding, which is
+    all that the lens and attribution need, wherever the model's weights are (a GPU, several,
+    or offloaded to disk by accelerate, whose hooks fetch them for the copy)."""
+    from accelerate.hooks import remove_hook_from_module
+    from accelerate.utils import align_module_device
+
+    def copy_of(module: nn.Module) -> nn.Module:
+        with align_module_device(module, torch.device("cpu")):
+            copied = copy.deepcopy(module)
+        remove_hook_from_module(copied, recurse=True)
+        # nn.Module's own methods: transformers refuses .float() on models loaded from GGUF.
+        return nn.Module.float(nn.Module.to(copied, "cpu"))
+
+    head = {"final_norm": copy_of(adapter.final_norm), "unembed": copy_of(adapter.unembed)}
+    return replace(adapter, **head)
 
 
 def text_config(config):

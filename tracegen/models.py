@@ -124,6 +124,9 @@ def load(
     device: str = "cpu",
     *,
     gguf_sha256: str | None = None,
+    device_map: str | None = None,
+    max_memory: dict[int | str, str] | None = None,
+    offload_folder: str | None = None,
 ) -> Loaded:
     """Load model and tokenizer in eval mode. Stock eager attention at first: the tracer
     switches the recorded passes to its own registered attention function.
@@ -131,6 +134,10 @@ def load(
     De-quantising a GGUF file is most of a load (transformers parses the file three times),
     so with `gguf_sha256` the float32 weights and the tokenizer are kept as a transformers
     folder in `cache_root()/<sha256>` after the first load and read from there afterwards.
+
+    With `device_map` ("auto", "balanced", "sequential"), accelerate places the layers across
+    GPUs, the CPU and `offload_folder` on disk within `max_memory`, so a model larger than
+    any one of them can be traced; its hooks fetch offloaded weights layer by layer.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -144,8 +151,13 @@ def load(
         source, extra = str(cached), {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        placement = (
+            {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+            if device_map
+            else {}
+        )
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype[dtype], attn_implementation="eager", **extra
+            source, dtype=torch_dtype[dtype], attn_implementation="eager", **extra, **placement
         )
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
@@ -158,10 +170,11 @@ def load(
         for _, parameter in model.named_parameters():
             parameter.data = parameter.data.clone()
     # Only exact de-quantised values are kept: a float32 load, before it moves anywhere.
-    if cached is not None and not from_cache and dtype == "float32":
+    if cached is not None and not from_cache and dtype == "float32" and not device_map:
         _keep_in_cache(model, tokenizer, cached)
     try:
-        model.to(device)
+        if not device_map:  # accelerate has placed every layer already
+            model.to(device)
     except (RuntimeError, AssertionError) as error:
         raise ModelError(f"cannot move the model to device {device!r}: {error}") from None
     model.eval()
@@ -193,6 +206,22 @@ def _keep_in_cache(model, tokenizer, folder: Path) -> None:
               f"({error.strerror or error}); the next run de-quantises again", file=sys.stderr)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
+    """"0=20GiB,1=20GiB,cpu=60GiB" -> {0: "20GiB", 1: "20GiB", "cpu": "60GiB"}."""
+    if not text:
+        return None
+    limits: dict[int | str, str] = {}
+    for part in text.split(","):
+        device, _, amount = part.partition("=")
+        device, amount = device.strip(), amount.strip()
+        if not device or not amount:
+            raise ModelError(
+                f"--max-memory {text!r}: give DEVICE=AMOUNT pairs, e.g. 0=20GiB,cpu=60GiB"
+            )
+        limits[int(device) if device.isdigit() else device] = amount
+    return limits
 
 
 def sha256_file(path: Path) -> str:

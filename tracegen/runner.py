@@ -117,6 +117,9 @@ def run(
     top_k: int = DEFAULT_TOP_K,
     quiet: bool = False,
     cache: bool = True,
+    device_map: str | None = None,
+    max_memory: str | None = None,
+    offload_folder: Path | None = None,
 ) -> Path:
     """Trace a model on a prompt, check the trace against the model, write the folder."""
     from . import models
@@ -132,7 +135,12 @@ def run(
         resolved = models.resolve(model_spec)
         out_dir = Path(out) if out else Path("traces") / resolved.slug
         store.check_target(out_dir, force)  # before the slow part; again when writing
-    loaded = load_stage(stages, resolved, dtype, device, cache)
+    placement = {
+        "device_map": device_map,
+        "max_memory": models.parse_max_memory(max_memory),
+        "offload_folder": str(offload_folder) if offload_folder else None,
+    }
+    loaded = load_stage(stages, resolved, dtype, device, cache, placement)
     tokens = tokenize_stage(loaded, prompt, steps, watched)
     traced, reference = forward_stage(stages, loaded, tokens, steps, quiet)
     derived = derive_stage(stages, loaded, traced, tokens, top_k, quiet)
@@ -170,7 +178,9 @@ def run(
     return save_stage(stages, out_dir, manifest, traced, derived, force, quiet)
 
 
-def load_stage(stages: Stages, resolved, dtype: str, device: str, cache: bool) -> Loaded:
+def load_stage(
+    stages: Stages, resolved, dtype: str, device: str, cache: bool, placement: dict
+) -> Loaded:
     from . import families, models
 
     with stages.stage("hash", "sha256 of the weight files"):
@@ -180,7 +190,7 @@ def load_stage(stages: Stages, resolved, dtype: str, device: str, cache: bool) -
         ]
     key = files[0]["sha256"] if cache and resolved.gguf_file and files else None
     with stages.stage("load", f"{resolved.source} {resolved.gguf_file or ''}".strip()):
-        loaded = models.load(resolved, dtype, device, gguf_sha256=key)
+        loaded = models.load(resolved, dtype, device, gguf_sha256=key, **placement)
         adapter = families.adapt(loaded.model)
     if loaded.from_cache:
         stages.say(f"[load] de-quantised weights from the cache, {models.cache_root() / key}")
@@ -244,16 +254,13 @@ def forward_stage(stages: Stages, loaded: Loaded, tokens: Tokens, steps: int | N
 def derive_stage(
     stages: Stages, loaded: Loaded, traced, tokens: Tokens, top_k: int, quiet: bool
 ) -> dict:
-    import torch
     from tqdm import tqdm
 
     from . import derive, families
 
     # Derived quantities in float32 on the CPU, where the captured tensors are, whatever
-    # dtype and device the pass ran in. (torch's own methods: transformers refuses .float()
-    # on models loaded from GGUF, which are float32 after de-quantising anyway.)
-    torch.nn.Module.float(torch.nn.Module.to(loaded.model, "cpu"))
-    adapter = loaded.adapter = families.adapt(loaded.model)
+    # dtype and devices the pass ran in: only the head is copied there, not the model.
+    adapter = loaded.adapter = families.head_on_cpu(loaded.adapter)
     with stages.stage("lens", f"{len(adapter.blocks) + 1} depths over the full vocabulary"):
         bar = tqdm(total=len(adapter.blocks) + 1, desc="lens depths", disable=quiet, leave=False)
         lens = derive.logit_lens(
@@ -364,6 +371,8 @@ def build_manifest(
             "steps": steps,
             "stage_seconds": stages.seconds,
             "weights_from_cache": loaded.from_cache,
+            # Where accelerate placed each module, counted per device ("disk": offloaded).
+            "device_map": _placement_counts(model),
         },
         "gate": report.as_manifest(),
         "derived": {
@@ -382,6 +391,16 @@ def build_manifest(
             "lens_entropy_unit": "nats",
         },
     }
+
+
+def _placement_counts(model) -> dict[str, int] | None:
+    placement = getattr(model, "hf_device_map", None)
+    if not placement:
+        return None
+    counts: dict[str, int] = {}
+    for device in placement.values():
+        counts[str(device)] = counts.get(str(device), 0) + 1
+    return counts
 
 
 def save_stage(

@@ -281,6 +281,9 @@ def check_manifest(manifest: Any, file: Path, tensor_files: list[str]) -> None:
             f.optional(f.integer, run["steps"], "run.steps")
         if "weights_from_cache" in run:
             f.boolean(run["weights_from_cache"], "run.weights_from_cache")
+        if run.get("device_map") is not None:
+            for device, count in f.obj(run["device_map"], "run.device_map").items():
+                f.integer(count, f"run.device_map.{key_name(device)}")
     if "gate" in m:
         check_gate(f, m["gate"])
     if "libraries" in m:
