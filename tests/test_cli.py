@@ -235,7 +235,7 @@ def test_traces_are_byte_reproducible_but_for_timings(tiny_model_dir, tmp_path):
     assert differ in ([store.TIMINGS_FILE], [])
     timings = load_trace(first).timings
     assert len(timings["layer_seconds"]) == load_trace(first).n_layers
-    assert {"load", "forward", "derive"} <= set(timings["stage_seconds"])
+    assert {"load", "forward", "lens", "gate"} <= set(timings["stage_seconds"])
     assert "stage_seconds" not in load_trace(first).manifest["run"]
 
 
