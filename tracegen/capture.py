@@ -363,9 +363,14 @@ class Tracer:
             # The last generated token is never fed: its pass would predict past the end.
             self._recorded_pass([next_id], **{cache_argument: self.cache})
 
-    def time_prompt_pass(self, repeats: int = 1) -> None:
+    def time_prompt_pass(self, repeats: int = 3) -> None:
         """The prompt pass again, with hooks that only read the clock. Its logits must match
-        the recorded pass exactly; the largest difference is the determinism check."""
+        the recorded pass exactly; the largest difference is the determinism check.
+
+        Three passes, not five: bench/run_speed.py measured one pass within 6% of the median
+        of five in total but up to 72% off per block on a shared machine; the median of
+        three steadies the per-block figures the FLOPs panel shows at a cost of one prompt
+        pass each (under 2% of a run of the default model)."""
         synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         ids = torch.tensor([self.prompt_ids], device=self.device)
         seconds_per_repeat: list[list[float]] = []

@@ -243,7 +243,7 @@ def forward_stage(stages: Stages, loaded: Loaded, tokens: Tokens, steps: int | N
         tracer.greedy_steps(steps, on_step=on_step)
         bar.close()
         stages.say(f"[steps] {len(shown)} generated: {''.join(shown)!r} ({tracer.stop_reason})")
-    with stages.stage("timing", "the prompt pass again, clock only"):
+    with stages.stage("timing", "the prompt pass again, three times, clock only"):
         tracer.time_prompt_pass()
     traced = tracer.result()
     with stages.stage("reference", "all positions, no cache, the model's own attention"):
