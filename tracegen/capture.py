@@ -278,7 +278,8 @@ class Reference:
     through stock eager attention: what the parity gate compares the trace with."""
 
     logits: torch.Tensor  # [N, V] float32, the model's dtype rounded
-    attentions: list[torch.Tensor]  # per block [H, N, N] float32
+    attention_errors: list[float]  # per block: max |recorded - own| probability
+    row_sum_errors: list[float]  # per block: max |sum of a row of the model's own - 1|
 
 
 class Tracer:
@@ -289,7 +290,7 @@ class Tracer:
     tracer.greedy_steps(steps)    # generated tokens fed back through the KV cache, recorded
     tracer.time_prompt_pass()     # the prompt pass again: per-block time, determinism
     capture = tracer.result()
-    reference = tracer.reference_pass()  # stock attention, no cache: for the gate
+    reference = tracer.reference_pass(capture)  # stock attention, no cache: for the gate
     """
 
     def __init__(self, model, tokenizer, adapter: Adapter, prompt_ids: list[int]):
@@ -386,20 +387,45 @@ class Tracer:
             statistics.median(times) for times in zip(*seconds_per_repeat, strict=True)
         ]
 
-    def reference_pass(self, input_ids: list[int]) -> Reference:
-        """All traced positions at once, without the cache, through stock eager attention."""
+    def reference_pass(self, capture: Capture) -> Reference:
+        """All traced positions at once, without the cache, through stock eager attention.
+
+        Each layer's attention is compared with the recorded one as the layer returns it and
+        then dropped, so the pass holds one layer's probabilities at a time, as the model does.
+        """
+        attention_errors = [float("nan")] * len(self.adapter.blocks)
+        row_sum_errors = [float("nan")] * len(self.adapter.blocks)
+
+        def compare(index: int) -> Callable:
+            def hook(module, args, output):
+                own = output[1][0].to("cpu", torch.float32)  # [H, N, N]
+                recorded = capture.layers[index]["attn_probs"]
+                attention_errors[index] = float((recorded - own).abs().max())
+                row_sum_errors[index] = float((own.sum(-1) - 1.0).abs().max())
+
+            return hook
+
         if not self.inline:
             use_attention(self.model, "eager")
-        ids = torch.tensor([input_ids], device=self.device)
+        ids = torch.tensor([capture.input_ids], device=self.device)
+        handles = [
+            self.adapter.attention(index).register_forward_hook(compare(index))
+            for index in range(len(self.adapter.blocks))
+        ]
         try:
             with torch.inference_mode():
-                outputs = self.model(ids, use_cache=False, output_attentions=True)
+                # Eager attention layers return their probabilities to the hook either way;
+                # Falcon and BLOOM only when asked.
+                outputs = self.model(ids, use_cache=False, output_attentions=self.inline)
         finally:
+            for handle in handles:
+                handle.remove()
             if not self.inline:
                 use_attention(self.model, ATTENTION_NAME)
         return Reference(
             logits=outputs.logits[0].to("cpu", torch.float32),
-            attentions=[probs[0].to("cpu", torch.float32) for probs in outputs.attentions],
+            attention_errors=attention_errors,
+            row_sum_errors=row_sum_errors,
         )
 
     def result(self) -> Capture:

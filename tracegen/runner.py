@@ -247,7 +247,7 @@ def forward_stage(stages: Stages, loaded: Loaded, tokens: Tokens, steps: int | N
         tracer.time_prompt_pass()
     traced = tracer.result()
     with stages.stage("reference", "all positions, no cache, the model's own attention"):
-        reference = tracer.reference_pass(traced.input_ids)
+        reference = tracer.reference_pass(traced)
     return traced, reference
 
 

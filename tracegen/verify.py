@@ -143,17 +143,14 @@ def run_gate(
     add("block_identity", *_worst(identity, "layer"))
     add("residual_chain", *_worst(chain or [0.0], "layer"))
 
-    attention = [
-        float((layer["attn_probs"] - own_probs).abs().max())
-        for layer, own_probs in zip(capture.layers, reference.attentions, strict=True)
-    ]
+    attention = reference.attention_errors
     add("attention", *_worst(attention, "layer"))
     add("qk_scores", *_worst(capture.score_errors, "layer"))
 
     attributed = (attribution.sum(-1) - final_logit).abs() / final_logit.abs().clamp_min(1.0)
     add("attribution_sum", *_worst(attributed.tolist(), "position"))
 
-    row_error = max(float((probs.sum(-1) - 1.0).abs().max()) for probs in reference.attentions)
+    row_error = max(reference.row_sum_errors)
     return GateReport(checks, dtype, row_error <= 1e-3, row_error)
 
 
