@@ -47,3 +47,20 @@ def test_max_memory_must_be_pairs(capsys, tiny_model_dir, tmp_path):
     err = capsys.readouterr().err
     assert code == cli.EXIT_ERROR and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("tracegen: error: --max-memory 'lots'")
+
+
+def test_plan_predicts_the_trace_size(capsys, tiny_model_dir, tmp_path):
+    """`tracegen plan` reads the config only; its trace size is within 10% of the real one."""
+    from tracegen import cli
+    from tracegen.plan import plan, prompt_tokens
+    from tracegen.runner import BUNDLED_PROMPT, run
+
+    folder = tiny_model_dir("llama")
+    out = run(str(folder), out=tmp_path / "t", steps=3, quiet=True)
+    actual = sum(path.stat().st_size for path in out.iterdir())
+    predicted = plan(str(folder), prompt_tokens(str(folder), BUNDLED_PROMPT), steps=3)
+    assert predicted.n_positions == load_trace(out).n_positions
+    assert abs(predicted.trace_bytes - actual) < 0.1 * actual, (predicted.trace_bytes, actual)
+    assert cli.main(["plan", "--model", str(folder), "--steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "trace " in printed and "peak about" in printed and "GFLOP" in printed

@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         "($TRACEGEN_CACHE, default ~/.cache/tracegen/dequantised)",
     )
 
+    plan = commands.add_parser(
+        "plan", help="expected trace size, memory and time, from the config, before loading"
+    )
+    plan.add_argument("--model", default=None, help="as for run (default: the bundled model)")
+    plan.add_argument("--prompt-file", type=Path, default=None)
+    plan.add_argument("--steps", type=int, default=16, help="greedy steps to allow for")
+    plan.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
     info = commands.add_parser("info", help="summarise a trace folder")
     info.add_argument("path", type=Path)
     info.add_argument("--top", type=int, default=5, help="predictions to list (default 5)")
@@ -130,9 +138,18 @@ def main(argv: list[str] | None = None) -> int:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         from .models import ModelError
-        from .runner import RunError, run
+        from .runner import BUNDLED_PROMPT, RunError, run
         from .verify import GateError
 
+        if args.command == "plan":
+            from .plan import plan, plan_text, prompt_tokens
+
+            try:
+                n_prompt = prompt_tokens(args.model, args.prompt_file or BUNDLED_PROMPT)
+                print(plan_text(plan(args.model, n_prompt, args.steps, args.dtype)))
+            except (ModelError, RunError, OSError) as error:
+                raise TraceError(str(error)) from None
+            return 0
         try:
             run(
                 args.model,

@@ -1,0 +1,126 @@
+"""`tracegen plan`: what a run will need, from the config alone, before any weight is loaded.
+
+The model is built on PyTorch's meta device (shapes, no memory) to count its parameters;
+the trace's size follows from the schema's shapes (store.LAYER_TENSORS, DERIVED_TENSORS);
+peak memory and time are estimates of the current implementation, stated as such.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import models, store
+from .families import Adapter, family_of, get_module, text_config
+from .text import fmt_file_size
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ATTRIBUTION_PER_LAYER = 2  # attention and MLP of each block, plus the embedding and biases
+
+
+@dataclass(frozen=True)
+class Plan:
+    architecture: str
+    n_params: int
+    n_layers: int
+    n_heads: int
+    d_model: int
+    vocab_size: int
+    n_positions: int
+    trace_bytes: int
+    weights_bytes: int
+    peak_bytes: int  # of `tracegen run` as implemented today: weights plus capture plus lens
+    forward_flops: float  # one pass over the positions
+    lens_flops: float
+    seconds: float  # at this machine's measured matmul rate
+
+
+def matmul_flops_per_second() -> float:
+    """This machine's float32 matmul rate on a lens-like shape, measured in about a second."""
+    left, right = torch.randn(256, 1024), torch.randn(1024, 4096)
+    left @ right
+    start, repeats = time.perf_counter(), 5
+    for _ in range(repeats):
+        left @ right
+    return 2 * 256 * 1024 * 4096 * repeats / (time.perf_counter() - start)
+
+
+def plan(
+    spec: str | None, n_prompt: int, steps: int = 16, dtype: str = "float32", top_k: int = 10,
+    n_watched: int = 8,
+) -> Plan:  # fmt: skip
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    resolved = models.resolve(spec)
+    extra = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+    try:
+        config = AutoConfig.from_pretrained(resolved.source, **extra)
+    except (OSError, ValueError) as error:
+        raise models.ModelError(f"cannot read the config of {resolved.spec!r}: {error}") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    family = family_of(model)
+    blocks = list(get_module(model, family.layers))
+    unembed = model.get_output_embeddings()
+    text = text_config(config)
+    n_layers, d_model = len(blocks), int(unembed.weight.shape[-1])
+    vocab = int(unembed.weight.shape[0])
+    heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    n = n_prompt + steps - 1
+    n_params = sum(parameter.numel() for parameter in model.parameters())
+
+    # The schema's shapes, in their stored dtypes (float16 residuals and attention).
+    per_layer = 4 * n * d_model * 2 + heads * n * (n + 1) // 2 * 2 + (heads + 2 * kv_heads) * n * 4
+    components = 1 + ATTRIBUTION_PER_LAYER * n_layers + 2
+    derived = (n_layers + 1) * n * (top_k * 8 + 4 * 4 + n_watched * 4) + n * (components + 1) * 4
+    manifest = 200 * n + 8_000  # token lists and strings, the vocabulary excerpt: measured
+    trace_bytes = n_layers * per_layer + derived + manifest
+
+    # GGUF weights are de-quantised to float32 whatever the file holds.
+    weights = n_params * (4 if resolved.gguf_file else BYTES[dtype])
+    recorded = n_layers * (heads * n * n * 4 + 4 * n * d_model * 4)  # float32 until written
+    lens = 4 * n * vocab * 4  # logits, their exponentials, the final distribution, temporaries
+    runtime = 400 * 2**20  # Python, torch, transformers and the tokenizer, measured idle
+    peak = weights + recorded + lens + heads * n * n * 4 * 2 + runtime  # + one eager layer
+
+    adapter = Adapter(family, model, blocks, get_module(model, family.final_norm), unembed,
+                      1.0, 1.0, None)  # fmt: skip
+    from .derive import flops_per_layer
+
+    forward = float(sum(map(sum, flops_per_layer(adapter, n)))) + 2 * n * d_model * vocab
+    lens_flops = (n_layers + 1) * 2.0 * n * d_model * vocab
+    # Passes: recorded prompt and steps, three timing passes, the reference: about six.
+    seconds = (6 * forward + lens_flops) / matmul_flops_per_second()
+    sizes = (int(trace_bytes), int(weights), int(peak))
+    return Plan(type(model).__name__, n_params, n_layers, heads, d_model, vocab, n, *sizes,
+                forward, lens_flops, seconds)  # fmt: skip
+
+
+def plan_text(result: Plan) -> str:
+    return "\n".join([
+        f"model      {result.architecture}: {result.n_params / 1e6:.1f}M parameters, "
+        f"{result.n_layers} layers, {result.n_heads} heads, width {result.d_model}, "
+        f"vocabulary {result.vocab_size:,}",
+        f"positions  {result.n_positions} traced",
+        f"trace      {fmt_file_size(result.trace_bytes)} on disk (schema {store.SCHEMA_VERSION})",
+        f"memory     {fmt_file_size(result.weights_bytes)} of weights; peak about "
+        f"{fmt_file_size(result.peak_bytes)} for the run on one device (with --device-map, "
+        "the weights can spread across GPUs, the CPU and disk; the rest stays in CPU memory)",
+        f"work       {result.forward_flops / 1e9:.1f} GFLOP a pass, "
+        f"{result.lens_flops / 1e9:.1f} GFLOP for the lens; about {result.seconds:.0f} s of "
+        "compute at this machine's matmul rate, plus loading",
+    ])  # fmt: skip
+
+
+def prompt_tokens(spec: str | None, prompt_file: Path) -> int:
+    """The prompt's length in the model's own tokens (loads only the tokenizer)."""
+    from transformers import AutoTokenizer
+
+    resolved = models.resolve(spec)
+    extra = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(resolved.source, **extra)
+    return len(tokenizer(prompt_file.read_text(encoding="utf-8"))["input_ids"])
