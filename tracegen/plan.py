@@ -84,8 +84,9 @@ def plan(
     weights = n_params * (4 if resolved.gguf_file else BYTES[dtype])
     recorded = n_layers * (heads * n * n * 4 + 4 * n * d_model * 4)  # float32 until written
     lens = 4 * n * vocab * 4  # logits, their exponentials, the final distribution, temporaries
+    head = (vocab + 2) * d_model * 4  # the float32 CPU copy of the unembedding that derive uses
     runtime = 400 * 2**20  # Python, torch, transformers and the tokenizer, measured idle
-    peak = weights + recorded + lens + heads * n * n * 4 * 2 + runtime  # + one eager layer
+    peak = weights + recorded + lens + head + heads * n * n * 4 * 2 + runtime  # + eager layer
 
     adapter = Adapter(family, model, blocks, get_module(model, family.final_norm), unembed,
                       1.0, 1.0, None)  # fmt: skip
