@@ -92,6 +92,6 @@ def test_a_second_run_reads_the_dequantised_cache_and_traces_the_same(fresh, tmp
     for index in range(fresh.n_layers):
         name = f"layer_{index:03d}.safetensors"
         assert (again.path / name).read_bytes() == (fresh.path / name).read_bytes(), name
-    seconds = again.manifest["run"]["stage_seconds"]["load"]
-    first = fresh.manifest["run"]["stage_seconds"]["load"]
+    seconds = again.timings["stage_seconds"]["load"]
+    first = fresh.timings["stage_seconds"]["load"]
     print(f"load: {first:.1f} s from the GGUF file, {seconds:.1f} s from the cache")

@@ -17,7 +17,7 @@ from tests.hostile import VISIBLE, write_hostile_trace
 from tests.site_helpers import build_site, launch_chromium, serve
 from tracegen import load_trace
 
-PAGES = ["index.html", "made/index.html", "trace-schema/index.html"]
+PAGES = ["index.html", "made.html", "trace-schema.html", "compatibility.html"]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_prompt_block_holds_the_whole_prompt(
     prompt, control characters as pictures."""
     from tracegen.text import visible_controls
 
-    made = (hostile_site[0] / "made" / "index.html").read_text(encoding="utf-8")
+    made = (hostile_site[0] / "made.html").read_text(encoding="utf-8")
     blocks = re.findall(r'<pre class="fp-pre"><code>(.*?)</code></pre>', made, re.S)
     assert len(blocks) == 1
     prompt = load_trace(hostile_trace).prompt_text
@@ -194,7 +194,7 @@ def test_hostile_site_in_chromium(chromium: Any, hostile_site: tuple[Path, str],
     seen_text = []
     tooltips: list[str] = []
     for name in PAGES:
-        url = base + name.removesuffix("index.html") if scheme == "http" else (site / name).as_uri()
+        url = base + name if scheme == "http" else (site / name).as_uri()
         seen = visit(chromium, url, hover=name == "index.html")
         assert seen["dialogs"] == [], f"{url}: a dialog opened: {seen['dialogs']}"
         assert seen["injected"] == [], f"{url}: elements made from trace text: {seen['injected']}"

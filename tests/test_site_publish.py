@@ -33,8 +33,14 @@ from tracegen.store import load_trace
 
 PREFIX = "forward-pass"  # https://<user>.github.io/forward-pass/
 REPO_URL = "https://github.com/example/forward-pass"
-PAGES = ["index.html", "made.html", "trace-schema.html"]
-TABS = {"Story": PAGES[0], "How this was made": PAGES[1], "Trace schema": PAGES[2]}
+# In the sitemap's order (alphabetical), which is not the tabs' order.
+PAGES = ["index.html", "compatibility.html", "made.html", "trace-schema.html"]
+TABS = {
+    "Story": "index.html",
+    "How this was made": "made.html",
+    "Trace schema": "trace-schema.html",
+    "Compatibility": "compatibility.html",
+}
 WIDE = {"width": 1440, "height": 900}
 WORKFLOW = REPO / ".github" / "workflows" / "pages.yml"
 
@@ -108,7 +114,8 @@ def test_canonical_sitemap_and_tags_name_the_public_url(site: Path, url: str) ->
         for name in ("description", "og:description", "twitter:description"):
             assert tags.meta[name] == [site_description()], name
         assert '"' in site_description() and "'" in site_description()
-        assert tags.meta["og:title"][0].startswith(("Forward Pass, annotated", "How", "Trace"))
+        titles = ("Forward Pass, annotated", "How", "Trace", "Compatibility")
+        assert tags.meta["og:title"][0].startswith(titles)
         assert tags.meta["og:image:alt"][0].startswith("Forward Pass, annotated: for each token")
 
 

@@ -318,6 +318,8 @@ def check_gate(f: Fields, value: Any) -> None:
         f.number(f.key(entry, "error", f"{field}.error"), f"{field}.error", 0.0)
         f.number(f.key(entry, "tolerance", f"{field}.tolerance"), f"{field}.tolerance", 0.0)
         f.string(f.key(entry, "where", f"{field}.where"), f"{field}.where")
+        if "name" in entry:
+            f.string(entry["name"], f"{field}.name")
         f.boolean(f.key(entry, "passed", f"{field}.passed"), f"{field}.passed")
 
 
