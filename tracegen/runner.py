@@ -185,7 +185,7 @@ def load_stage(
 
     with stages.stage("hash", "sha256 of the weight files"):
         files = [
-            {"name": path.name, "bytes": path.stat().st_size, "sha256": models.sha256_file(path)}
+            {"name": path.name, "bytes": path.stat().st_size, "sha256": store.sha256_file(path)}
             for path in resolved.weight_files()
         ]
     key = files[0]["sha256"] if cache and resolved.gguf_file and files else None
