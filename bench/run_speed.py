@@ -5,7 +5,7 @@
 
 Prints:
   - the bare model: load, and one forward pass with attentions and hidden states (same dtype);
-  - every stage of `tracegen run` (from the manifest it writes) and its ratio to the bare
+  - every stage of `tracegen run` (from the timings.json it writes) and its ratio to the bare
     forward pass;
   - the logit lens's achieved GFLOP/s against this machine's matmul GFLOP/s on the lens's
     own matmul shape;
@@ -80,8 +80,9 @@ def main() -> int:
         out = run(args.model, out=Path(folder) / "trace", dtype=args.dtype, quiet=True,
                   cache=False)  # fmt: skip
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        timings = json.loads((out / "timings.json").read_text(encoding="utf-8"))
         size = sum(path.stat().st_size for path in out.iterdir())
-    stage_seconds = manifest["run"]["stage_seconds"]
+    stage_seconds = timings["stage_seconds"]
     n_positions = manifest["n_positions"]
     depths = manifest["model"]["n_layers"] + 1
     lens_gflops = depths * 2 * n_positions * width * vocab / stage_seconds["lens"] / 1e9
