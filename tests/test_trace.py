@@ -175,3 +175,25 @@ def test_top_k_breaks_ties_by_token_id():
     many = torch.randint(0, 6, (50, 40), generator=generator).float()
     expected = many.sort(dim=-1, descending=True, stable=True).indices[:, :7]
     assert torch.equal(top_k_by_id(many, 7)[1], expected)
+
+
+def test_lens_in_blocks_of_positions_matches_one_block(tiny_model_dir, monkeypatch):
+    """The lens runs over blocks of positions to keep memory flat in the prompt's length;
+    blocks of 7 give what one block of every position gives."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tracegen import capture, derive, families
+
+    folder = tiny_model_dir("gemma2-softcap")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    adapter = families.adapt(model)
+    tracer = capture.Tracer(model, tokenizer, adapter, list(range(2, 40)))
+    tracer.prompt_pass()
+    traced = tracer.result()
+    whole = derive.logit_lens(adapter, traced, [3, 4], top_k=5)
+    monkeypatch.setattr(derive, "LENS_ROWS", 7)
+    blocks = derive.logit_lens(adapter, traced, [3, 4], top_k=5)
+    for name, value in whole.items():
+        assert value.shape == blocks[name].shape, name
+        torch.testing.assert_close(blocks[name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -38,7 +38,8 @@ class Capture:
     input_ids: list[int]  # the N traced positions
     generated_ids: list[int]
     stop_reason: str
-    layers: list[dict[str, torch.Tensor]]  # resid_* [N, D], attn_probs [H, N, N], *_norm [heads, N]
+    # resid_* [N, D] float32, *_norm [heads, N] float32, attn_probs_tril [H, N(N+1)/2] float16
+    layers: list[dict[str, torch.Tensor]]
     layer_seconds: list[float]  # per block, from the recorded prompt pass
     score_errors: list[float]  # per block: recomputed q·k softmax vs the weights the layer used
     determinism_max_abs_diff: float
@@ -106,8 +107,11 @@ class Recorder:
             undo()
 
     def _keep(self, index: int, name: str, tensor: torch.Tensor) -> None:
-        # clone: Falcon adds attention into the MLP's output tensor in place.
-        self.records[index][name] = tensor.detach().to("cpu", torch.float32, copy=True)
+        # clone: Falcon adds attention into the MLP's output tensor in place. Attention is
+        # kept in float16, the dtype the trace stores it in: it is the one record that grows
+        # with the square of the prompt.
+        dtype = torch.float16 if name == "attn_probs" else torch.float32
+        self.records[index][name] = tensor.detach().to("cpu", dtype, copy=True)
 
     def on_attention(self, index, query, key, value, weights, mask, scores) -> None:
         """Per-head norms of what enters the scores, the probabilities, and a check that
@@ -399,7 +403,7 @@ class Tracer:
         def compare(index: int) -> Callable:
             def hook(module, args, output):
                 own = output[1][0].to("cpu", torch.float32)  # [H, N, N]
-                recorded = capture.layers[index]["attn_probs"]
+                recorded = unpack_attention(capture.layers[index]["attn_probs_tril"], len(own[0]))
                 attention_errors[index] = float((recorded - own).abs().max())
                 row_sum_errors[index] = float((own.sum(-1) - 1.0).abs().max())
 
@@ -436,8 +440,8 @@ class Tracer:
             layer = {name: torch.cat([r[name] for r in per_pass], dim=0) for name in RESIDUAL_NAMES}
             for name in QKV_NAMES:
                 layer[name] = torch.cat([r[name] for r in per_pass], dim=1)
-            attention = [r["attn_probs"] for r in per_pass]
-            layer["attn_probs"] = _full_attention(attention, n_positions)
+            attention = [r.pop("attn_probs") for r in per_pass]  # freed as it is packed
+            layer["attn_probs_tril"] = _packed_attention(attention, n_positions)
             layers.append(layer)
         dropout_training = sum(
             1
@@ -458,21 +462,39 @@ class Tracer:
         )
 
 
-def _full_attention(per_pass: list[torch.Tensor], n_positions: int) -> torch.Tensor:
-    """Rows of each pass ([H, rows, keys]) placed into one causal [H, N, N] matrix.
+def _packed_attention(per_pass: list[torch.Tensor], n_positions: int) -> torch.Tensor:
+    """Rows of each pass ([H, rows, keys]) as the causal lower triangle the trace stores:
+    [H, N(N+1)/2] float16, row by row in numpy.tril_indices order, never the N x N square.
 
     A pass's keys end at its own last position. Usually they start at 0; a sliding-window
     cache (Mistral, Gemma 2/3) keeps only the most recent keys, which is why the rows are
     aligned at their end.
     """
     heads = per_pass[0].shape[0]
-    full = torch.zeros(heads, n_positions, n_positions)
+    packed = torch.zeros(heads, n_positions * (n_positions + 1) // 2, dtype=torch.float16)
     row = 0
     for probs in per_pass:
         rows, keys = probs.shape[1], probs.shape[2]
         end = row + rows
-        full[:, row:end, end - keys : end] = probs
+        if row == 0 and keys == rows:  # the prompt pass: its whole lower triangle at once
+            below = torch.tril_indices(rows, rows)
+            packed[:, : rows * (rows + 1) // 2] = probs[:, below[0], below[1]]
+        else:
+            first_key = end - keys
+            for offset in range(rows):
+                position = row + offset
+                start = position * (position + 1) // 2
+                seen = probs[:, offset, : position + 1 - first_key]
+                packed[:, start + first_key : start + position + 1] = seen
         row = end
+    return packed
+
+
+def unpack_attention(packed: torch.Tensor, n_positions: int) -> torch.Tensor:
+    """[H, N(N+1)/2] -> [H, N, N] float32, zero above the diagonal."""
+    full = torch.zeros(packed.shape[0], n_positions, n_positions)
+    below = torch.tril_indices(n_positions, n_positions)
+    full[:, below[0], below[1]] = packed.float()
     return full
 
 

@@ -33,13 +33,23 @@ LENS_NAMES = (
     "lens_kl",
     "watched_probs",
 )
+# Positions whose lens runs at once: a [256, V] block of logits and its exponentials (100 MB
+# for a 49k vocabulary) keeps memory flat in the prompt's length, and 256 rows still run the
+# unembedding matmul at full speed.
+LENS_ROWS = 256
+
+
+def lens_blocks(n_positions: int) -> int:
+    return -(-n_positions // LENS_ROWS)
+
+
 @torch.inference_mode()
 def logit_lens(
     adapter: Adapter,
     capture: Capture,
     watched_ids: list[int],
     top_k: int,
-    on_depth: Callable[[int], None] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Top-k, entropy, the final token's rank and probability, KL to the final distribution
     and the probabilities of watched tokens, at every depth and position.
@@ -48,32 +58,38 @@ def logit_lens(
     e = exp(z - max z) and s = sum e, lse = max z + log s, log p = z - lse, the entropy is
     lse - (e·z)/s, and KL(q || p) against the final distribution q is
     q·log q - q·z + lse. The dot products are einsums, which run as matrix kernels.
+    `on_step` is called once per block of positions and depth.
     """
     depths = residual_at_depths(capture)
-    final_logits = adapter.logits(depths[-1])  # [N, V]
-    target = final_logits.argmax(-1)  # [N]: the token the model itself ranks first
-    final_probs = final_logits.softmax(-1)
-    # q·log q by the same operations as q·log p below, so the last depth's KL is exactly 0.
-    final_neg_entropy = torch.einsum("nv,nv->n", final_probs, final_logits) - _lse(final_logits)
     watched = torch.tensor(watched_ids, dtype=torch.long)
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in LENS_NAMES}
-    for depth, resid in enumerate(depths):
-        logits = adapter.logits(resid)  # [N, V]
-        lse, shifted, total = _lse_parts(logits)  # [N, 1], [N, V], [N, 1]
-        mean_logit = torch.einsum("nv,nv->n", shifted, logits) / total[:, 0]  # [N]
-        top_logits, top_ids = top_k_by_id(logits, top_k)
-        target_logit = logits.gather(-1, target[:, None])  # [N, 1]
-        cross = torch.einsum("nv,nv->n", final_probs, logits) - lse[:, 0]  # q·log p
-        out["lens_topk_ids"].append(top_ids.to(torch.int32))
-        out["lens_topk_probs"].append((top_logits - lse).exp())
-        out["lens_entropy"].append(lse[:, 0] - mean_logit)
-        out["lens_target_rank"].append((logits > target_logit).sum(-1).to(torch.int32))
-        out["lens_target_prob"].append((target_logit - lse)[:, 0].exp())
-        out["lens_kl"].append((final_neg_entropy - cross).clamp_min(0.0))
-        out["watched_probs"].append((logits[:, watched] - lse).exp())
-        if on_depth:
-            on_depth(depth)
-    return {name: torch.stack(values) for name, values in out.items()}
+    out: dict[str, list[list[torch.Tensor]]] = {name: [[] for _ in depths] for name in LENS_NAMES}
+    for start in range(0, depths[0].shape[0], LENS_ROWS):
+        rows = slice(start, start + LENS_ROWS)
+        final_logits = adapter.logits(depths[-1][rows])  # [n, V]
+        target = final_logits.argmax(-1)  # [n]: the token the model itself ranks first
+        final_probs = final_logits.softmax(-1)
+        # q·log q by the same operations as q·log p below: the last depth's KL is exactly 0.
+        final_neg_entropy = torch.einsum("nv,nv->n", final_probs, final_logits) - _lse(final_logits)
+        for depth, resid in enumerate(depths):
+            logits = adapter.logits(resid[rows])  # [n, V]
+            lse, shifted, total = _lse_parts(logits)  # [n, 1], [n, V], [n, 1]
+            mean_logit = torch.einsum("nv,nv->n", shifted, logits) / total[:, 0]  # [n]
+            top_logits, top_ids = top_k_by_id(logits, top_k)
+            target_logit = logits.gather(-1, target[:, None])  # [n, 1]
+            cross = torch.einsum("nv,nv->n", final_probs, logits) - lse[:, 0]  # q·log p
+            out["lens_topk_ids"][depth].append(top_ids.to(torch.int32))
+            out["lens_topk_probs"][depth].append((top_logits - lse).exp())
+            out["lens_entropy"][depth].append(lse[:, 0] - mean_logit)
+            out["lens_target_rank"][depth].append((logits > target_logit).sum(-1).to(torch.int32))
+            out["lens_target_prob"][depth].append((target_logit - lse)[:, 0].exp())
+            out["lens_kl"][depth].append((final_neg_entropy - cross).clamp_min(0.0))
+            out["watched_probs"][depth].append((logits[:, watched] - lse).exp())
+            if on_step:
+                on_step()
+    return {
+        name: torch.stack([torch.cat(blocks) for blocks in per_depth])
+        for name, per_depth in out.items()
+    }
 
 
 def _lse_parts(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,7 +122,6 @@ def top_k_by_id(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
         ranked = values[row, candidates].sort(descending=True, stable=True).indices[:k]
         top_ids[row] = candidates[ranked]
     return values.gather(-1, top_ids), top_ids
-
 
 
 def attribution_components(n_layers: int, adapter: Adapter) -> list[str]:

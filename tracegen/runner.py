@@ -262,13 +262,10 @@ def derive_stage(
     # dtype and devices the pass ran in: only the head is copied there, not the model.
     adapter = loaded.adapter = families.head_on_cpu(loaded.adapter)
     with stages.stage("lens", f"{len(adapter.blocks) + 1} depths over the full vocabulary"):
-        bar = tqdm(total=len(adapter.blocks) + 1, desc="lens depths", disable=quiet, leave=False)
+        steps = (len(adapter.blocks) + 1) * derive.lens_blocks(len(traced.input_ids))
+        bar = tqdm(total=steps, desc="lens", disable=quiet, leave=False)
         lens = derive.logit_lens(
-            adapter,
-            traced,
-            [w["id"] for w in tokens.watched],
-            top_k,
-            on_depth=lambda depth: bar.update(1),
+            adapter, traced, [w["id"] for w in tokens.watched], top_k, on_step=bar.update
         )
         bar.close()
     with stages.stage("attribution", "direct logit attribution, FLOPs"):
@@ -410,11 +407,8 @@ def save_stage(
 
     from . import derive
 
-    layers = []
-    for layer in traced.layers:
-        tensors = derive.as_numpy(layer)
-        tensors["attn_probs_tril"] = store.pack_tril(tensors.pop("attn_probs"))
-        layers.append(tensors)
+    # Attention is already packed as stored: capture keeps it as its lower triangle.
+    layers = [derive.as_numpy(layer) for layer in traced.layers]
     arrays = derive.as_numpy({k: v for k, v in derived.items() if k != "flops"})
     arrays.update(
         flops=np.asarray(derived["flops"], dtype=np.float64),

@@ -40,7 +40,8 @@ TOLERANCES: dict[str, dict[str, float]] = {
         "lens_logprobs": 2e-3,
         "block_identity": 1e-4,
         "residual_chain": 1e-6,
-        "attention": 1e-4,
+        # Recorded attention is float16, as stored: half an ulp below 1 is 2.4e-4.
+        "attention": 5e-4,
         "qk_scores": 1e-4,
         "attribution_sum": 1e-3,
     },
