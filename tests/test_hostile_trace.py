@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
+import shlex
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from tests.hostile import VISIBLE, write_hostile_trace
-from tests.site_helpers import build_site, launch_chromium, serve
+from tests.site_helpers import build_site, serve
 from tracegen import load_trace
 
-PAGES = ["index.html", "made.html", "trace-schema.html", "compatibility.html"]
+# Pages are files since use_directory_urls: false (mkdocs.yml).
+PAGES = ["index.html", "claims.html", "made.html", "trace-schema.html", "compatibility.html"]
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +102,13 @@ def test_prompt_block_holds_the_whole_prompt(
 
     made = (hostile_site[0] / "made.html").read_text(encoding="utf-8")
     blocks = re.findall(r'<pre class="fp-pre"><code>(.*?)</code></pre>', made, re.S)
-    assert len(blocks) == 1
-    prompt = load_trace(hostile_trace).prompt_text
-    assert html.unescape(blocks[0]) == visible_controls(prompt, keep="\n\t")
+    assert len(blocks) == 2  # the prompt, and the command that regenerates the trace
+    trace = load_trace(hostile_trace)
+    assert html.unescape(blocks[0]) == visible_controls(trace.prompt_text, keep="\n\t")
+    # The hostile spec and options reach the command as text, quoted for a shell.
+    command = html.unescape(blocks[1])
+    assert command.startswith("tracegen run --model ") and command.endswith(" --force")
+    assert shlex.split(command)[3] == visible_controls(trace.model.spec, keep="\n\t")
 
 
 # --- in Chromium ------------------------------------------------------------------------------
@@ -124,13 +129,10 @@ HOVER_JS = """() => [...document.querySelectorAll('.fp-chart')].map(el => {
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
+def chromium(browser: Any) -> Any:
+    """The session's one chromium (tests/conftest.py): a second sync_playwright beside a live
+    one fails."""
+    return browser
 
 
 def visit(browser: Any, url: str, hover: bool) -> dict[str, Any]:

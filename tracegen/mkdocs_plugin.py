@@ -19,6 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from mkdocs.structure.pages import Page
 from mkdocs.utils import get_relative_url
 
 from tracegen import card, publish
+from tracegen.provenance import Provenance, provenance
 from tracegen.store import ModelCard, Trace, TraceError, load_trace
 from tracegen.text import (
     attr_single,
@@ -57,6 +59,9 @@ _EPOCH_FROM_TRACE: dict[str, str] = {}
 ASSET_DIR = "assets/forward-pass"
 VEGA_BUNDLE = f"{ASSET_DIR}/vega-bundle.js"
 CARD_IMAGE = f"{ASSET_DIR}/card.png"
+# The story page's model switcher: loaded only where there are several models.
+SWITCHER_JS = "forward-pass-models.js"
+SWITCHER_CSS = "forward-pass-models.css"
 LICENSE_URI = "LICENSE.txt"
 START_MARKER = "<!-- story:start -->"
 PANEL_MARKER = re.compile(r"<!--\s*panel:\s*([\w-]+)\s*-->")
@@ -70,6 +75,9 @@ _SVG_CACHE: dict[str, str | None] = {}
 
 class ForwardPassConfig(base.Config):
     trace = c.Type(str, default="traces/smollm2-135m-instruct")
+    # Several models: the story page shows the first and switches to the others, and the
+    # claims page judges every claim for each. Empty: only `trace`.
+    traces = c.Type(list, default=[])
     story_page = c.Type(str, default="index.md")
     # Static images for readers without JavaScript; off speeds up a draft `mkdocs serve`.
     fallback_images = c.Type(bool, default=True)
@@ -79,14 +87,63 @@ class ForwardPassConfig(base.Config):
     social_card = c.Type(bool, default=True)
 
 
+@dataclass
+class ModelSite:
+    """One traced model on the site: its trace, its panels and where its pages and files go.
+    The first model is the story page's own; the others are switched to (and each gets its
+    own "How this was made" page)."""
+
+    path: Path
+    trace: Trace
+    panels: dict[str, Any]
+    primary: bool
+    root: Path  # the project's root (mkdocs.yml's folder): trace paths are shown relative to it
+
+    @property
+    def slug(self) -> str:
+        return safe_slug(self.trace.model.slug)  # the slug is trace text
+
+    @property
+    def trace_uri(self) -> str:
+        return f"traces/{self.slug}"
+
+    @property
+    def archive_uri(self) -> str:
+        return f"{self.trace_uri}.zip"
+
+    @property
+    def made_uri(self) -> str:
+        return "made.md" if self.primary else f"made-{self.slug}.md"
+
+    @property
+    def data_uri(self) -> str:
+        """The script that carries this model's panels to the story page's switcher."""
+        return f"{ASSET_DIR}/models/{self.slug}.js"
+
+    @property
+    def provenance(self) -> Provenance:
+        return provenance(self.trace, self.path, self.root)
+
+
+def load_model(path: Path, primary: bool, root: Path) -> ModelSite:
+    try:
+        trace = load_trace(path)
+    except TraceError as error:
+        raise PluginError(f"forward-pass: cannot load trace: {error}") from None
+    return ModelSite(path, trace, build_panel_map(trace), primary, root)
+
+
 class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
     def on_config(self, config: MkDocsConfig) -> MkDocsConfig:
-        self.trace_path = resolve_trace_path(self.config.trace, config.config_file_path)
-        try:
-            self.trace: Trace = load_trace(self.trace_path)
-        except TraceError as error:
-            raise PluginError(f"forward-pass: cannot load trace: {error}") from None
-        self.panels = build_panel_map(self.trace)
+        self.config_file = config.config_file_path
+        root = Path(self.config_file).parent if self.config_file else Path.cwd()
+        paths = resolve_trace_paths(self.config.trace, self.config.traces, self.config_file)
+        self.models = [load_model(path, index == 0, root) for index, path in enumerate(paths)]
+        slugs = [model.slug for model in self.models]
+        if len(set(slugs)) < len(slugs):
+            raise PluginError(f"forward-pass: two traces of one model slug: {', '.join(slugs)}")
+        primary = self.models[0]
+        self.trace_path, self.trace, self.panels = primary.path, primary.trace, primary.panels
         # Reproducible builds: MkDocs dates the sitemap (and its gzip header) from
         # SOURCE_DATE_EPOCH when set, else from the clock; without one, use the trace's date.
         if os.environ.get(SOURCE_DATE_EPOCH) in (None, _EPOCH_FROM_TRACE.get("value")):
@@ -96,6 +153,9 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         # Our CSS/JS are listed here, not in mkdocs.yml, so that they travel with the plugin.
         config.extra_css.append(f"{ASSET_DIR}/forward-pass.css")
         config.extra_javascript.append(f"{ASSET_DIR}/forward-pass.js")
+        if len(self.models) > 1:
+            config.extra_css.append(f"{ASSET_DIR}/{SWITCHER_CSS}")
+            config.extra_javascript.append(f"{ASSET_DIR}/{SWITCHER_JS}")
         # What the theme overrides (overrides/) link to; absent keys leave their tags out.
         shared: dict[str, Any] = {}
         if self.config.social_card:
@@ -107,8 +167,12 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         return config
 
     def on_files(self, files: Files, *, config: MkDocsConfig) -> Files:
+        self.files = files
         assets = resources.files("tracegen") / "assets"
-        for name in ("forward-pass.css", "forward-pass.js"):
+        names = ["forward-pass.css", "forward-pass.js"]
+        if len(self.models) > 1:
+            names += [SWITCHER_CSS, SWITCHER_JS]
+        for name in names:
             content = (assets / name).read_text(encoding="utf-8")
             files.append(File.generated(config, f"{ASSET_DIR}/{name}", content=content))
         files.append(File.generated(config, VEGA_BUNDLE, content=vega_bundle()))
@@ -118,13 +182,19 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
             files.append(File.generated(config, LICENSE_URI, abs_src_path=str(license_path)))
         if self.config.social_card:
             files.append(File.generated(config, CARD_IMAGE, content=card.card_png(self.trace)))
-        if self.config.raw_trace:
-            # The trace's raw files, downloadable beside the pages that describe them.
-            for path in self.trace.files():
-                uri = f"{self.trace_uri}/{path.name}"
-                files.append(File.generated(config, uri, abs_src_path=str(path)))
-            archive = publish.trace_archive(self.trace.files(), self.trace.model.slug)
-            files.append(File.generated(config, self.archive_uri, content=archive))
+        for model in self.models:
+            if self.config.raw_trace:
+                # The trace's raw files, downloadable beside the pages that describe them.
+                for path in model.trace.files():
+                    uri = f"{model.trace_uri}/{path.name}"
+                    files.append(File.generated(config, uri, abs_src_path=str(path)))
+                archive = publish.trace_archive(model.trace.files(), model.trace.model.slug)
+                files.append(File.generated(config, model.archive_uri, content=archive))
+            if not model.primary:  # its own "How this was made", from the same source page
+                made = Path(config.docs_dir) / "made.md"
+                if made.is_file():
+                    content = made.read_text(encoding="utf-8")
+                    files.append(File.generated(config, model.made_uri, content=content))
         self.fallbacks: dict[tuple[str, int], str] = {}
         if self.config.fallback_images:
             for panel in self.panels.values():
@@ -138,13 +208,9 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
                     self.fallbacks[(panel.key, index)] = uri
         return files
 
-    @property
-    def trace_uri(self) -> str:
-        return f"traces/{safe_slug(self.trace.model.slug)}"  # the slug is trace text
-
-    @property
-    def archive_uri(self) -> str:
-        return f"{self.trace_uri}.zip"
+    def model_of(self, page: Page) -> ModelSite:
+        """The model a page is about: a model's own "How this was made", else the first."""
+        return next((m for m in self.models if m.made_uri == page.file.src_uri), self.models[0])
 
     def on_page_markdown(self, markdown: str, *, page: Page, config: MkDocsConfig, files: Files):
         if page.file.src_uri == self.config.story_page:
@@ -157,11 +223,32 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
                 raise PluginError(f"{page.file.src_uri}: unknown marker fp: {name} ({known})")
             return FILLERS[name](self, page)
 
-        return FILL_MARKER.sub(fill, markdown)
+        markdown = FILL_MARKER.sub(fill, markdown)
+        model = self.model_of(page)
+        if page.file.src_uri == model.made_uri and not model.primary:
+            first = get_relative_url(self.models[0].made_uri, page.file.src_uri)
+            note = (
+                f"\n\nThis page is about the model <strong>{md_text(model.trace.model.slug)}"
+                f"</strong>, one of the models the story page switches between; "
+                f"[the first model's page]({first}).\n\n"
+            )
+            head, sep, rest = markdown.partition("\n")
+            markdown = head + sep + note + rest
+        return markdown
 
     def on_page_content(self, html_text: str, *, page: Page, config: MkDocsConfig, files: Files):
         if page.file.src_uri != self.config.story_page:
             return html_text
+        if len(self.models) > 1:  # the other models' panels, rendered here, sent on request
+            for model in self.models[1:]:
+                data = {
+                    "slug": model.slug,
+                    "line": model_line_html(self, model, page),
+                    "panels": {key: self.render_panel(key, page, model) for key in model.panels},
+                }
+                payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+                script = f"window.forwardPassModels.receive({payload});\n"
+                self.files.append(File.generated(config, model.data_uri, content=script))
         return self.wrap_rows(html_text, page)
 
     def wrap_rows(self, html_text: str, page: Page) -> str:
@@ -181,8 +268,9 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         tail = pieces[-1]
         return f'{head}<div class="fp-rows">\n{"".join(rows)}\n</div>{tail}'
 
-    def render_panel(self, key: str, page: Page) -> str:
-        panel = self.panels[key]
+    def render_panel(self, key: str, page: Page, model: ModelSite | None = None) -> str:
+        model = model or self.models[0]
+        panel = model.panels[key]
         figures = []
         for index, chart in enumerate(panel.charts):
             # "$schema" is a URL the runtime never fetches; dropping it saves bytes per chart.
@@ -200,7 +288,7 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
             style = f' style="min-width:{int(min_width)}px"' if min_width else ""
             alt = escape(chart.alt)
             fallback = ""
-            if (key, index) in self.fallbacks:
+            if model.primary and (key, index) in self.fallbacks:
                 src = get_relative_url(self.fallbacks[(key, index)], page.url)
                 fallback = f'<noscript><img src="{src}" alt="{alt}" loading="lazy"></noscript>'
             figures.append(
@@ -228,12 +316,20 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
 
 def resolve_trace_path(configured: str, config_file: str | None) -> Path:
     """FORWARD_PASS_TRACE wins over the `trace` option; relative paths are from mkdocs.yml."""
-    raw = os.environ.get(TRACE_ENV) or configured
-    path = Path(raw).expanduser()
-    if not path.is_absolute():
-        root = Path(config_file).parent if config_file else Path.cwd()
-        path = root / path
-    return path.resolve()
+    return resolve_trace_paths(configured, [], config_file)[0]
+
+
+def resolve_trace_paths(configured: str, several: list[Any], config_file: str | None) -> list[Path]:
+    """The traces the site shows, the story page's own first. FORWARD_PASS_TRACE (one
+    trace) wins over the options; then `traces` (a list), then `trace`. Relative paths are
+    from mkdocs.yml."""
+    root = Path(config_file).parent if config_file else Path.cwd()
+    raws = [os.environ[TRACE_ENV]] if os.environ.get(TRACE_ENV) else [str(t) for t in several]
+    paths = []
+    for raw in raws or [configured]:
+        path = Path(raw).expanduser()
+        paths.append((path if path.is_absolute() else root / path).resolve())
+    return paths
 
 
 def build_panel_map(trace: Trace) -> dict[str, Any]:
@@ -318,21 +414,52 @@ def visible_in_spec(value: Any) -> Any:
 # the text would end them), no trace string in a link, a heading or a URL.
 
 
-def fill_model_line(plugin: ForwardPassPlugin, page: Page) -> str:
-    m, t = plugin.trace.model, plugin.trace
-    made = get_relative_url("made.md", page.file.src_uri)
+def model_line_html(plugin: ForwardPassPlugin, model: ModelSite, page: Page) -> str:
+    """One paragraph of HTML naming the model the panels show (trace text through `escape`)."""
+    m, t = model.trace.model, model.trace
+    made = plugin.files.get_file_from_path(model.made_uri) if plugin.files else None
+    href = get_relative_url(made.url if made else "made.html", page.url)
     return (
-        f"The panels beside each paragraph show what <strong>{md_text(m.slug)}</strong> "
-        f"({m.n_layers} layers, {m.n_heads} heads, {fmt_short_count(m.n_params)} parameters) "
-        f"computed on the story's own prompt of {t.n_prompt} tokens. [How this was made]({made})."
+        f'<p class="fp-model-line">The panels beside each paragraph show what '
+        f"<strong>{escape(m.slug)}</strong> ({m.n_layers} layers, {m.n_heads} heads, "
+        f"{fmt_short_count(m.n_params)} parameters) computed on the story's own prompt of "
+        f'{t.n_prompt} tokens. <a href="{escape(href)}">How this was made</a>.</p>'
+    )
+
+
+def fill_model_line(plugin: ForwardPassPlugin, page: Page) -> str:
+    """The model line, and with several models the switcher: buttons (hidden until its script
+    runs, since without it they could do nothing) that swap every panel to another model."""
+    line = model_line_html(plugin, plugin.models[0], page)
+    if len(plugin.models) < 2:
+        return line
+    models = [
+        {
+            "slug": model.slug,
+            "script": "" if model.primary else get_relative_url(model.data_uri, page.url),
+        }
+        for model in plugin.models
+    ]
+    buttons = "".join(
+        f'<button type="button" class="fp-model-button" data-fp-model="{model.slug}" '
+        f'aria-pressed="{"true" if model.primary else "false"}">'
+        f"{escape(model.trace.model.slug)}</button>"
+        for model in plugin.models
+    )
+    data = attr_single(json.dumps(models, ensure_ascii=True, separators=(",", ":")))
+    return (
+        f'<div class="fp-models" role="group" aria-label="Model" hidden '
+        f"data-fp-models='{data}'><span class=\"fp-models-label\">Model:</span> {buttons}"
+        f"</div>\n{line}"
     )
 
 
 def fill_model_card(plugin: ForwardPassPlugin, page: Page) -> str:
-    m = plugin.trace.model
+    m = plugin.model_of(page).trace.model
+    origin = plugin.model_of(page).provenance
     rows = [
-        ("Model spec", code_md(m.spec)),
-        ("Source", code_md(m.source)),
+        ("Model spec", code_md(origin.spec)),
+        ("Source", source_text(origin)),
         ("Architecture", f"{code_md(m.architecture)} ({code_md(m.model_type)})"),
         ("Layers", m.n_layers),
         ("Attention heads (query / key-value)", f"{m.n_heads} / {m.n_kv_heads}"),
@@ -343,6 +470,50 @@ def fill_model_card(plugin: ForwardPassPlugin, page: Page) -> str:
         ("Max context", f"{m.max_context:,} tokens"),
     ]
     return table(("Property", "Value"), rows)
+
+
+def source_text(origin: Provenance) -> str:
+    """Where the weights come from, portably (`tracegen.provenance`)."""
+    digest = f" (sha256 <code>{md_text(origin.sha256)}</code>)" if origin.sha256 else ""
+    if origin.kind == "bundled":
+        package = code_md(origin.package)
+        return f"{code_md(origin.weights)}{digest}, shipped in the Python package {package}"
+    if origin.kind == "gguf":
+        return f"the GGUF file {code_md(origin.weights)}{digest}"
+    if origin.kind == "hub":
+        return f"the Hugging Face model {code_md(origin.weights)}"
+    return f"the local model folder {code_md(origin.weights)}"
+
+
+def fill_committed(plugin: ForwardPassPlugin, page: Page) -> str:
+    origin = plugin.model_of(page).provenance
+    where = code_md(origin.out + "/")
+    if origin.committed:
+        return f"The trace's raw files, as committed to the project's repository under {where}"
+    if origin.committed is False:
+        return (
+            f"The trace's raw files, read from {where} when the site was built (they are not "
+            "committed to the project's repository)"
+        )
+    return f"The trace's raw files, read from {where} when the site was built"
+
+
+def fill_regenerate(plugin: ForwardPassPlugin, page: Page) -> str:
+    origin = plugin.model_of(page).provenance
+    needs = {
+        "bundled": f"the package {code_md(origin.package)} installed",
+        "gguf": f"the file {code_md(origin.weights)} at {code_md(origin.spec)}",
+        "hub": f"the hub model {code_md(origin.weights)} reachable or cached",
+        "folder": f"the model folder at {code_md(origin.spec)}",
+    }.get(origin.kind, "the model")
+    checksum = (
+        f" (its sha256 must be <code>{md_text(origin.sha256)}</code>)" if origin.sha256 else ""
+    )
+    return (
+        f"Regenerate this trace from the real model, from the project's root, with {needs}"
+        f"{checksum} and the tracing extra installed (`pip install '.[trace]'`):\n\n"
+        + pre_md(origin.command)
+    )
 
 
 # What each check of the parity gate compares (tracegen/verify.py says how).
@@ -357,7 +528,7 @@ GATE_CHECKS = {
 
 
 def fill_gate(plugin: ForwardPassPlugin, page: Page) -> str:
-    gate = plugin.trace.manifest.get("gate")
+    gate = plugin.model_of(page).trace.manifest.get("gate")
     if not isinstance(gate, dict) or not isinstance(gate.get("checks"), dict):
         return "This trace was made before the parity gate existed: it records no checks."
     rows = []
@@ -376,8 +547,7 @@ def fill_gate(plugin: ForwardPassPlugin, page: Page) -> str:
     )
     return (
         f"Every check {verdict} for this trace, made in {code_md(gate.get('dtype'))}; "
-        f"the model's own attention rows {sums}.\n\n"
-        + table(("Check", "Largest error"), rows)
+        f"the model's own attention rows {sums}.\n\n" + table(("Check", "Largest error"), rows)
     )
 
 
@@ -394,7 +564,7 @@ PROVENANCE_SKIP_FIELDS = {("prompt", "text")}
 def fill_provenance(plugin: ForwardPassPlugin, page: Page) -> str:
     """The rest of the manifest, one table per section (token lists and the prompt text are
     shown elsewhere, the checksums with the downloads; the vocabulary is only counted)."""
-    manifest = plugin.trace.manifest
+    manifest = plugin.model_of(page).trace.manifest
     card = set(ModelCard.__dataclass_fields__)
     parts = []
     for section in PROVENANCE_SECTIONS:
@@ -441,11 +611,11 @@ def flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
 
 
 def fill_prompt(plugin: ForwardPassPlugin, page: Page) -> str:
-    return pre_md(plugin.trace.prompt_text)
+    return pre_md(plugin.model_of(page).trace.prompt_text)
 
 
 def fill_tokens(plugin: ForwardPassPlugin, page: Page) -> str:
-    t = plugin.trace
+    t = plugin.model_of(page).trace
     spans = []
     prompt = zip(t.token_ids[: t.n_prompt], t.token_strings[: t.n_prompt], strict=True)
     for index, (tid, text) in enumerate(prompt):
@@ -460,12 +630,12 @@ def fill_tokens(plugin: ForwardPassPlugin, page: Page) -> str:
 
 
 def fill_downloads(plugin: ForwardPassPlugin, page: Page) -> str:
-    files = plugin.trace.files()
+    files = plugin.model_of(page).trace.files()
     if not plugin.config.raw_trace:
         return (
             f"This copy of the site leaves the raw trace out (`raw_trace: false`): its "
             f"{len(files)} files, {fmt_file_size(sum(p.stat().st_size for p in files))}, are in "
-            f"the project's repository under `traces/{plugin.trace.model.slug}/`."
+            f"the project's repository under `traces/{plugin.model_of(page).trace.model.slug}/`."
         )
 
     def link(name: str, uri: str) -> str:
@@ -473,14 +643,16 @@ def fill_downloads(plugin: ForwardPassPlugin, page: Page) -> str:
         # The names are the schema's own (layer_000.safetensors ...), never trace text.
         return f"[`{name}`]({get_relative_url(uri, page.file.src_uri)})"
 
-    sums = plugin.trace.manifest["sha256"]
-    archive = publish.trace_archive(files, plugin.trace.model.slug)
-    archive_link = link(Path(plugin.archive_uri).name, plugin.archive_uri)
+    sums = plugin.model_of(page).trace.manifest["sha256"]
+    archive = publish.trace_archive(files, plugin.model_of(page).trace.model.slug)
+    archive_link = link(
+        Path(plugin.model_of(page).archive_uri).name, plugin.model_of(page).archive_uri
+    )
     rows = [(f"{archive_link}: all files in one zip", fmt_file_size(len(archive)), "")]
     for path in files:
         digest = f"<code>{sums[path.name]}</code>" if path.name in sums else ""
         rows.append(
-            (link(path.name, f"{plugin.trace_uri}/{path.name}"),
+            (link(path.name, f"{plugin.model_of(page).trace_uri}/{path.name}"),
              fmt_file_size(path.stat().st_size), digest)
         )  # fmt: skip
     total = sum(path.stat().st_size for path in files)
@@ -494,6 +666,33 @@ def table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
     return "\n".join(lines)
 
 
+def fill_claims(plugin: ForwardPassPlugin, page: Page) -> str:
+    """Every checkable claim of the narrator against every model: the verdict its panel
+    decided and the one number that decides it (`tracegen.panels.claims`, from the same
+    facts the panels show), each cell linking to that model's panel on the story page."""
+    from tracegen.panels.claims import CLAIMS, judge
+
+    story = get_relative_url(plugin.config.story_page, page.file.src_uri)
+    columns = [judge({key: panel.facts for key, panel in m.panels.items()}) for m in plugin.models]
+    header = ("The narrator says", *(code_md(m.trace.model.slug) for m in plugin.models))
+    rows = []
+    for index, claim in enumerate(CLAIMS):
+        cells = []
+        for model, judged in zip(plugin.models, columns, strict=True):
+            cell = judged[index]
+            query = "" if model.primary else f"?model={model.slug}"
+            slug = re.sub(r"[^a-z]+", "-", cell.verdict.lower()).strip("-")
+            # The story page's URL, with the model and the panel: a link MkDocs leaves as it is.
+            href = story.replace(".md", ".html") + query + f"#panel-{claim.key}"
+            cells.append(
+                f'<a href="{escape(href)}" class="fp-claim">'
+                f'<span class="fp-verdict fp-verdict--{slug}">{md_text(cell.verdict)}</span> '
+                f"{md_text(cell.number)}</a>"
+            )
+        rows.append((md_text(claim.said), *cells))
+    return table(header, rows)
+
+
 FILLERS: dict[str, Callable[[ForwardPassPlugin, Page], str]] = {
     "model-line": fill_model_line,
     "model-card": fill_model_card,
@@ -502,4 +701,7 @@ FILLERS: dict[str, Callable[[ForwardPassPlugin, Page], str]] = {
     "tokens": fill_tokens,
     "downloads": fill_downloads,
     "gate": fill_gate,
+    "committed": fill_committed,
+    "regenerate": fill_regenerate,
+    "claims": fill_claims,
 }

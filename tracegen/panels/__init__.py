@@ -1,75 +1,69 @@
 """Paragraph -> panel: charts and a caption of measured numbers, from a trace (numpy + altair).
 
 Every panel answers one question of the story map (docs/ and ../shared/DESIGN.md) for
-whatever model the trace is of. Nothing here imports torch; traces are read only through
-`tracegen.store.load_trace`.
+whatever model the trace is of, as three pure functions (see `types.PanelDef`): a
+measurement, its words and its charts. Nothing here imports torch; traces are read only
+through `tracegen.store.load_trace`.
+
+Modules, each importing only those above it: `types` (Chart, Panel, verdicts), `story` (the
+story's numbers, places in the prompt), `words` (values into text), `style` (colours, width),
+`vega` (Vega-Lite plumbing), then one module per panel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from ..store import Trace
+from . import (
+    attention,
+    attribution,
+    candidates,
+    continuation,
+    determinism,
+    entropy,
+    flops,
+    heads,
+    lens,
+    model_card,
+    residual,
+)
+from .types import Chart, Panel, PanelDef
+from .vega import to_chart
 
-if TYPE_CHECKING:
-    from ..store import Trace
+__all__ = ["DEFINITIONS", "Chart", "Panel", "PanelDef", "build_panel", "build_panels"]
+
+# The story page's panels, in story order ("intro", "p1" ... "p10").
+DEFINITIONS: tuple[PanelDef, ...] = (
+    model_card.PANEL,
+    residual.PANEL,
+    flops.PANEL,
+    attention.PANEL,
+    heads.PANEL,
+    candidates.PANEL,
+    lens.PANEL,
+    attribution.PANEL,
+    continuation.PANEL,
+    determinism.PANEL,
+    entropy.PANEL,
+)
 
 
-@dataclass(frozen=True)
-class Chart:
-    """One Vega-Lite chart. `alt` is its text alternative: the main finding in one sentence."""
-
-    spec: dict[str, Any]
-    alt: str
-
-
-@dataclass(frozen=True)
-class Panel:
-    """The evidence set beside one paragraph.
-
-    key:      "intro", "p1" ... "p10", matching the `<!-- panel: KEY -->` markers in docs/index.md.
-    question: what the panel asks of the trace, as a short heading.
-    charts:   one or more charts.
-    caption:  HTML with the measured numbers (every number computed from the trace).
-    verdict:  how the trace judges the narrator's claim: "borne out", "not borne out",
-              "mixed" or "context" (a panel that measures without judging).
-    """
-
-    key: str
-    question: str
-    charts: list[Chart]
-    caption: str
-    verdict: str = "context"
-    facts: dict[str, Any] = field(default_factory=dict)
+def build_panel(definition: PanelDef, trace: Trace) -> Panel:
+    """measure -> words -> charts, paired with their text alternatives."""
+    facts = definition.measure(trace)
+    words = definition.words(facts)
+    charts = definition.charts(facts)
+    if len(charts) != len(words.alts):
+        raise ValueError(f"panel {definition.key}: {len(charts)} charts, {len(words.alts)} alts")
+    return Panel(
+        key=definition.key,
+        question=definition.question,
+        charts=[to_chart(chart, alt) for chart, alt in zip(charts, words.alts, strict=True)],
+        caption=words.caption,
+        verdict=facts.verdict,
+        facts=facts,
+    )
 
 
 def build_panels(trace: Trace) -> list[Panel]:
-    """The eleven panels of the story page, in story order ("intro", "p1" ... "p10")."""
-    # Imported here: the panel modules import Chart and Panel from this package.
-    from . import (
-        attention,
-        attribution,
-        candidates,
-        continuation,
-        determinism,
-        entropy,
-        flops,
-        heads,
-        lens,
-        model_card,
-        residual,
-    )
-
-    builders = (
-        model_card,
-        residual,
-        flops,
-        attention,
-        heads,
-        candidates,
-        lens,
-        attribution,
-        continuation,
-        determinism,
-        entropy,
-    )
-    return [module.build(trace) for module in builders]
+    """The eleven panels of the story page, in story order."""
+    return [build_panel(definition, trace) for definition in DEFINITIONS]

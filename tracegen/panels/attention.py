@@ -8,28 +8,17 @@ re-reading: reading the start means attention on the first Q/A block beyond its 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import altair as alt
 import numpy as np
 
 from ..store import Trace
-from . import Panel
-from .common import (
-    BORNE_OUT,
-    CANVAS,
-    NOT_BORNE_OUT,
-    SEQUENTIAL,
-    WIDTH,
-    answer_position,
-    caption,
-    escape,
-    fmt_pct,
-    head_label,
-    line_of_each_token,
-    start_span,
-    to_chart,
-    token_html,
-    visible_controls,
-)
+from .story import answer_position, line_of_each_token, start_span
+from .style import CANVAS, SEQUENTIAL, WIDTH
+from .types import BORNE_OUT, NOT_BORNE_OUT, PanelDef, Words
+from .words import caption, count, escape, fmt_pct, head_label, token_html, verb, visible_controls
 
 # A head re-reads the start when it puts at least this multiple of the uniform share on the
 # first Q/A block (first token excluded).
@@ -60,11 +49,11 @@ def sink_scores(trace: Trace) -> np.ndarray:
     ).astype(np.float64)
 
 
-def permille(values: np.ndarray) -> list:
+def permille(values: np.ndarray) -> list[int]:
     return np.rint(np.nan_to_num(values) * 1000).astype(int).tolist()
 
 
-def strip_layout(trace: Trace) -> tuple[list[dict], int, int]:
+def strip_layout(trace: Trace) -> tuple[list[dict[str, Any]], int, int]:
     """The prompt laid out as it reads: one row per line, x in characters. Returns the token
     rows (p position, t text, x column, r line, w width), the widest line and the line count."""
     rows, column = [], 0
@@ -83,34 +72,117 @@ def strip_layout(trace: Trace) -> tuple[list[dict], int, int]:
     return rows, widest, (lines[-1] + 1 if lines else 1)
 
 
-def build(trace: Trace) -> Panel:
-    n_layers, n_heads = trace.n_layers, trace.model.n_heads
+@dataclass(frozen=True)
+class AttentionFacts:
+    """Attention from the last prompt position (n = prompt length, L layers, H heads)."""
+
+    n_layers: int
+    n_heads: int
+    position: int  # the last prompt position
+    attn: np.ndarray  # [L, H, n] each head's attention from `position` over the prompt
+    first_token: str
+    start_span: tuple[int, int]  # [start, stop) of the first Q/A block
+    start_text: str  # its text
+    start_keys: int  # how many of its tokens count (the first token, a sink, excluded)
+    start_mass: np.ndarray  # [L, H] attention from `position` on those keys
+    uniform_share: float  # what uniform attention would give them
+    best_start_head: tuple[int, int]  # (layer, head), 0-based: the head reading them most
+    best_start_mass: float
+    best_mean_layer: int  # 0-based: the layer reading them most averaged over heads
+    reading_heads: int  # heads giving them at least START_READ_FACTOR x the uniform share
+    sink_mean_now: float  # mean over heads of the attention on the first token from `position`
+    sink_heads: int  # heads with over SINK_SHARE on the first token from every position on average
+    tokens: tuple[dict[str, Any], ...]  # the prompt laid out as it reads (strip_layout)
+    widest: int  # characters of the widest prompt line
+    n_lines: int
+    verdict: str
+
+    @property
+    def n_all(self) -> int:
+        return self.n_layers * self.n_heads
+
+
+def measure_attention(trace: Trace) -> AttentionFacts:
     position = answer_position(trace)
     attn = attention_from(trace, position)  # [L, H, n_prompt]
-    mean = attn.mean(1)  # [L, n_prompt]
-    first_token = trace.token_strings[0] if trace.token_strings else ""
     start = start_span(trace)
     start_keys = list(range(max(start.start, 1), start.stop))  # the start, sink excluded
     start_mass = attn[:, :, start_keys].sum(-1) if start_keys else np.zeros(attn.shape[:2])
     uniform_share = len(start_keys) / max(position + 1, 1)
     best_layer, best_head = np.unravel_index(int(np.argmax(start_mass)), start_mass.shape)
-    best_mass = float(start_mass[best_layer, best_head])
-    reading_heads = (
-        int((start_mass >= START_READ_FACTOR * uniform_share).sum()) if start_keys else 0
+    reading = int((start_mass >= START_READ_FACTOR * uniform_share).sum()) if start_keys else 0
+    tokens, widest, n_lines = strip_layout(trace)
+    return AttentionFacts(
+        n_layers=trace.n_layers,
+        n_heads=trace.model.n_heads,
+        position=position,
+        attn=attn,
+        first_token=trace.token_strings[0] if trace.token_strings else "",
+        start_span=(start.start, start.stop),
+        start_text="".join(trace.token_strings[start.start : start.stop]).strip(),
+        start_keys=len(start_keys),
+        start_mass=start_mass,
+        uniform_share=uniform_share,
+        best_start_head=(int(best_layer), int(best_head)),
+        best_start_mass=float(start_mass[best_layer, best_head]),
+        best_mean_layer=int(np.argmax(start_mass.mean(1))),
+        reading_heads=reading,
+        sink_mean_now=float(attn[:, :, 0].mean()),
+        sink_heads=int((sink_scores(trace) > SINK_SHARE).sum()),
+        tokens=tuple(tokens),
+        widest=widest,
+        n_lines=n_lines,
+        verdict=BORNE_OUT if reading else NOT_BORNE_OUT,
     )
-    best_mean_layer = int(np.argmax(start_mass.mean(1)))
-    sink_now = attn[:, :, 0]  # [L, H] from the last position
-    sinks = sink_scores(trace)
-    n_sink_heads = int((sinks > SINK_SHARE).sum())
 
+
+def attention_words(f: AttentionFacts) -> Words:
+    best = head_label(*f.best_start_head)
+    sinks, reading = f.sink_heads, f.reading_heads
+    items = [
+        f"Attention sink: the first token {token_html(f.first_token)} gets "
+        f"{fmt_pct(f.sink_mean_now)} of the last position's attention on average over all "
+        f"{count(f.n_all, 'head')}, and {count(sinks, 'head')} {verb(sinks, 'puts', 'put')} over "
+        f"{fmt_pct(SINK_SHARE)} of {verb(sinks, 'its', 'their')} attention on it from every "
+        "position on average. A sink is where a head parks attention it has no use for; it is "
+        "not reading.",
+        f"Re-reading the start (the first Q/A block: {count(f.start_keys, 'token')}, not "
+        f"counting the sink, {fmt_pct(f.uniform_share)} of what the last position can see): "
+        f"the head that reads it most is {best} with {fmt_pct(f.best_start_mass)}; averaged "
+        f"over heads, layer {f.best_mean_layer + 1} reads it most "
+        f"({fmt_pct(f.start_mass[f.best_mean_layer].mean())}).",
+        f"{reading} of {count(f.n_all, 'head')} {verb(reading, 'gives', 'give')} the first "
+        f"block at least {START_READ_FACTOR:g}&times; its uniform share.",
+    ]
+    alt_text = (
+        f"From the last prompt position, {best} puts {fmt_pct(f.best_start_mass)} of its "
+        f"attention on the first Q/A block (uniform: {fmt_pct(f.uniform_share)}); the first "
+        f"token draws {fmt_pct(f.sink_mean_now)} on average."
+    )
+    shown = visible_controls(f.start_text[:60])
+    return Words(
+        caption=caption(
+            f"Attention from the last prompt position (the one that predicts the answer) back to "
+            f"the start of the prompt, <q>{escape(shown)}{'…' if len(f.start_text) > 60 else ''}"
+            f"</q>.",
+            items,
+        ),
+        alts=(alt_text,),
+    )
+
+
+def attention_charts(f: AttentionFacts) -> list[alt.TopLevelMixin]:
+    n_layers, n_heads = f.n_layers, f.n_heads
+    mean = f.attn.mean(1)  # [L, n_prompt]
+    best_layer, best_head = f.best_start_head
     layer_param = alt.param(
         name="layer",
-        value=int(best_layer) + 1,
+        value=best_layer + 1,
         bind=alt.binding_range(min=1, max=n_layers, step=1, name="layer "),
     )
     head_param = alt.param(
         name="head",
-        value=int(best_head) + 1,
+        value=best_head + 1,
         bind=alt.binding_select(
             options=list(range(n_heads + 1)),
             labels=["mean of heads", *[f"head {h + 1}" for h in range(n_heads)]],
@@ -120,7 +192,6 @@ def build(trace: Trace) -> Panel:
 
     # Heatmap: layer x prompt position, mean over heads, in thousandths to keep it compact.
     heat_rows = [{"l": layer + 1, "a": permille(mean[layer])} for layer in range(n_layers)]
-    tokens, widest, n_lines = strip_layout(trace)
     heat = (
         alt.Chart(alt.Data(values=heat_rows))
         .transform_flatten(["a"])
@@ -160,15 +231,15 @@ def build(trace: Trace) -> Panel:
     # last position in the chosen layer and head.
     strip_rows = []
     for layer in range(n_layers):
-        for head, values in enumerate([mean[layer], *attn[layer]]):
+        for head, values in enumerate([mean[layer], *f.attn[layer]]):
             keys = np.argsort(-values)[:STRIP_TOP]
             keys = keys[np.rint(values[keys] * 1000) >= STRIP_MIN_PERMILLE]
             strip_rows.append(
                 {"l": layer + 1, "h": head, "i": keys.tolist(), "a": permille(values[keys])}
             )
-    font_size = float(np.clip(WIDTH / max(widest, 1) / 0.6, 6, 12))
-    x = alt.X("x:Q", scale=alt.Scale(domain=[0, widest]), axis=None)
-    y = alt.Y("y:Q", scale=alt.Scale(domain=[0, n_lines], reverse=True), axis=None)
+    font_size = float(np.clip(WIDTH / max(f.widest, 1) / 0.6, 6, 12))
+    x = alt.X("x:Q", scale=alt.Scale(domain=[0, f.widest]), axis=None)
+    y = alt.Y("y:Q", scale=alt.Scale(domain=[0, f.n_lines], reverse=True), axis=None)
     text = (
         alt.Chart(alt.NamedData("tokens"))
         .transform_calculate(y="datum.r + 0.4")
@@ -213,59 +284,22 @@ def build(trace: Trace) -> Panel:
     )
     strip = alt.layer(text, bars).properties(
         width=WIDTH,
-        height=22 * n_lines,
+        height=22 * f.n_lines,
         title="The prompt, underlined by attention from the last position (pick layer and head)",
     )
     chart = (
-        alt.vconcat(heat, strip, datasets={"tokens": tokens})
+        alt.vconcat(heat, strip, datasets={"tokens": list(f.tokens)})
         .add_params(layer_param, head_param)
         .resolve_scale(color="independent")
         .properties(usermeta=CANVAS)
     )
+    return [chart]
 
-    start_text = "".join(trace.token_strings[start.start : start.stop]).strip()
-    first_html = token_html(first_token)
-    verdict = BORNE_OUT if reading_heads else NOT_BORNE_OUT
-    facts = {
-        "position": position,
-        "start_span": [start.start, start.stop],
-        "best_start_head": [int(best_layer), int(best_head)],
-        "best_start_mass": best_mass,
-        "uniform_share": uniform_share,
-        "reading_heads": reading_heads,
-        "sink_mean_now": float(sink_now.mean()),
-        "sink_heads": n_sink_heads,
-    }
-    items = [
-        f"Attention sink: the first token {first_html} gets {fmt_pct(sink_now.mean())} of the "
-        f"last position's attention on average over all {n_layers * n_heads} heads, and "
-        f"{n_sink_heads} heads put over {fmt_pct(SINK_SHARE)} of their attention on it from "
-        f"every position on average. A sink is where a head parks attention it has no use for; "
-        f"it is not reading.",
-        f"Re-reading the start (the first Q/A block: {len(start_keys)} tokens, not counting the "
-        f"sink, {fmt_pct(uniform_share)} of what the last position can see): the head that "
-        f"reads it most is {head_label(int(best_layer), int(best_head))} with "
-        f"{fmt_pct(best_mass)}; averaged over heads, layer {best_mean_layer + 1} reads it most "
-        f"({fmt_pct(start_mass[best_mean_layer].mean())}).",
-        f"{reading_heads} of {n_layers * n_heads} heads give the first block at least "
-        f"{START_READ_FACTOR:g}&times; its uniform share.",
-    ]
-    alt_text = (
-        f"From the last prompt position, {head_label(int(best_layer), int(best_head))} puts "
-        f"{fmt_pct(best_mass)} of its attention on the first Q/A block (uniform: "
-        f"{fmt_pct(uniform_share)}); the first token draws {fmt_pct(sink_now.mean())} on average."
-    )
-    return Panel(
-        key="p3",
-        question="Does any layer re-read the start of the prompt?",
-        charts=[to_chart(chart, alt_text)],
-        caption=caption(
-            f"Attention from the last prompt position (the one that predicts the answer) back to "
-            f"the start of the prompt, <q>{escape(visible_controls(start_text[:60]))}"
-            f"{'…' if len(start_text) > 60 else ''}"
-            f"</q>.",
-            items,
-        ),
-        verdict=verdict,
-        facts=facts,
-    )
+
+PANEL = PanelDef(
+    key="p3",
+    question="Does any layer re-read the start of the prompt?",
+    measure=measure_attention,
+    words=attention_words,
+    charts=attention_charts,
+)

@@ -8,57 +8,148 @@ and still write little directly, which is what "a means to an end" would look li
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import altair as alt
 import numpy as np
 
 from ..store import Trace
-from . import Panel
-from .common import (
-    BORNE_OUT,
-    CATEGORICAL,
-    CONTEXT,
-    MIXED,
-    WIDTH,
+from .story import (
+    Component,
     answer_position,
-    caption,
     count_position,
-    escape,
-    fmt_num,
-    fmt_pct,
     parse_components,
-    rounded,
-    show_token,
     three_quarters_depth,
-    to_chart,
-    token_html,
     vocabulary,
 )
+from .style import CATEGORICAL, WIDTH
+from .types import BORNE_OUT, CONTEXT, MIXED, PanelDef, Words
+from .vega import rounded
+from .words import caption, escape, fmt_num, fmt_pct, layer_span, show_token, token_html
 
 KIND_ORDER = ["embed", "attn", "mlp", "other"]
+# Judged on the answer: borne out when the last quarter writes more than this share.
+MOST = 0.5
 
 
-def build(trace: Trace) -> Panel:
+@dataclass(frozen=True)
+class Writers:
+    """Direct logit attribution at one position."""
+
+    position: int
+    token: str  # the final top-1 there, whose logit is attributed
+    logit: float
+    parts: np.ndarray  # [C] each component's direct contribution
+    top: tuple[int, ...]  # indices of the three largest writers
+    kinds: dict[str, float]  # KIND_ORDER -> summed contribution
+    late_share: float  # share of the logit written above three quarters; NaN if logit <= 0
+
+
+@dataclass(frozen=True)
+class AttributionFacts:
+    n_layers: int
+    components: tuple[Component, ...]  # [C]
+    three_quarters_depth: int
+    at: dict[str, Writers]  # "the answer", "the count"
+    verdict: str
+
+    def top_labels(self, name: str) -> list[str]:
+        return [self.components[i].label for i in self.at[name].top]
+
+
+def _writers(
+    position: int, token: str, parts: np.ndarray, logit: float, comps: list[Component], deep: int
+) -> Writers:
+    late = np.array([c.layer > deep for c in comps])
+    return Writers(
+        position=position,
+        token=token,
+        logit=logit,
+        parts=parts,
+        top=tuple(int(i) for i in np.argsort(-parts)[:3]),
+        kinds={k: float(parts[[c.kind == k for c in comps]].sum()) for k in KIND_ORDER},
+        late_share=float(parts[late].sum() / logit) if logit > 0 else math.nan,
+    )
+
+
+def measure_attribution(trace: Trace) -> AttributionFacts:
     n_layers = trace.n_layers
     text_of = vocabulary(trace)
     components = parse_components(trace.attribution_components, n_layers)
     attribution = np.nan_to_num(trace.derived("attribution").astype(np.float64))  # [N, C]
-    logit = np.nan_to_num(trace.derived("final_logit").astype(np.float64))
-    top_ids = trace.derived("lens_topk_ids")[-1, :, 0]
+    logit = np.nan_to_num(trace.derived("final_logit").astype(np.float64))  # [N]
+    top_ids = trace.derived("lens_topk_ids")[-1, :, 0]  # [N]
+    deep = three_quarters_depth(n_layers)
     positions = {"the answer": answer_position(trace), "the count": count_position(trace).position}
-    labels = {
-        name: f"{name} ({show_token(text_of(top_ids[p]))} at {p})" for name, p in positions.items()
+    at = {
+        name: _writers(p, text_of(top_ids[p]), attribution[p], float(logit[p]), components, deep)
+        for name, p in positions.items()
     }
+    late_share = at["the answer"].late_share
+    return AttributionFacts(
+        n_layers=n_layers,
+        components=tuple(components),
+        three_quarters_depth=deep,
+        at=at,
+        verdict=CONTEXT
+        if not math.isfinite(late_share)
+        else BORNE_OUT
+        if late_share > MOST
+        else MIXED,
+    )
 
+
+def attribution_words(f: AttributionFacts) -> Words:
+    last_quarter = layer_span(f.three_quarters_depth + 1, f.n_layers)
+
+    def summary(name: str) -> str:
+        w = f.at[name]
+        return (
+            f"For {name} ({token_html(w.token)}, logit {fmt_num(w.logit)}): the largest writers "
+            "are "
+            + ", ".join(f"{escape(f.components[i].label)} ({fmt_num(w.parts[i])})" for i in w.top)
+            + f"; attention writes {fmt_num(w.kinds['attn'])} in all and the MLPs "
+            f"{fmt_num(w.kinds['mlp'])}; the last quarter of the layers ({last_quarter}) writes "
+            f"{fmt_pct(w.late_share)} of the logit."
+        )
+
+    judged = (
+        "Most of the answer's logit is written by the last quarter of the layers; the layers "
+        "below mostly prepare what those read, which is how a means to an end looks."
+        if f.verdict == BORNE_OUT
+        else "The layers below the last quarter write much of the answer themselves, so they are "
+        "not only a means to an end."
+    )
+    answer = f.at["the answer"]
+    alt_text = (
+        f"The largest direct writers of {show_token(answer.token)} are "
+        + ", ".join(f.top_labels("the answer"))
+        + f"; the last quarter of the layers writes {fmt_pct(answer.late_share)} of its logit."
+    )
+    return Words(
+        caption=caption(
+            "Direct logit attribution: each component's write to the residual stream, passed "
+            "through the final norm (its scale frozen at the value it took) and the unembedding "
+            "row of the predicted token. The parts sum to the logit.",
+            [summary("the answer"), summary("the count"), judged],
+        ),
+        alts=(alt_text,),
+    )
+
+
+def attribution_charts(f: AttributionFacts) -> list[alt.TopLevelMixin]:
+    labels = {name: f"{name} ({show_token(w.token)} at {w.position})" for name, w in f.at.items()}
     rows = [
         {
             "s": labels[name],
             "c": comp.label,
             "k": comp.kind,
             "l": comp.layer,
-            "a": rounded(attribution[p, index], 3),
+            "a": rounded(w.parts[index], 3),
         }
-        for name, p in positions.items()
-        for index, comp in enumerate(components)
+        for name, w in f.at.items()
+        for index, comp in enumerate(f.components)
     ]
     which = alt.param(
         name="which",
@@ -97,64 +188,13 @@ def build(trace: Trace) -> Panel:
             title="What each component writes into the predicted token's logit",
         )
     )
+    return [bars]
 
-    # The last quarter: the layers above three quarters of the depth (as p2, p6 and p8 count).
-    narrator_depth = three_quarters_depth(n_layers)
-    last_quarter = (
-        f"layers {narrator_depth + 1}-{n_layers}" if narrator_depth < n_layers else "none"
-    )
 
-    def summary(name: str) -> tuple[str, dict]:
-        p = positions[name]
-        parts = attribution[p]
-        order = np.argsort(-parts)[:3]
-        late = np.array([c.layer > narrator_depth for c in components])
-        late_share = float(parts[late].sum() / logit[p]) if logit[p] > 0 else float("nan")
-        kinds = {k: float(parts[[c.kind == k for c in components]].sum()) for k in KIND_ORDER}
-        text = (
-            f"For {name} ({token_html(text_of(top_ids[p]))}, logit {fmt_num(logit[p])}): the "
-            "largest writers are "
-            + ", ".join(f"{escape(components[i].label)} ({fmt_num(parts[i])})" for i in order)
-            + f"; attention writes {fmt_num(kinds['attn'])} in all and the MLPs "
-            f"{fmt_num(kinds['mlp'])}; the last quarter of the layers ({last_quarter}) writes "
-            f"{fmt_pct(late_share)} of the logit."
-        )
-        return text, {
-            "top": [components[i].label for i in order],
-            "late_share": late_share,
-            "kinds": kinds,
-            "logit": float(logit[p]),
-        }
-
-    texts, facts = {}, {}
-    for name in positions:
-        texts[name], facts[name] = summary(name)
-    late_share = facts["the answer"]["late_share"]
-    # Judged on the answer: borne out when the last quarter writes most of its logit.
-    verdict = CONTEXT if not np.isfinite(late_share) else BORNE_OUT if late_share > 0.5 else MIXED
-    judged = (
-        "Most of the answer's logit is written by the last quarter of the layers; the layers "
-        "below mostly prepare what those read, which is how a means to an end looks."
-        if verdict == BORNE_OUT
-        else "The layers below the last quarter write much of the answer themselves, so they are "
-        "not only a means to an end."
-    )
-    answer_text = show_token(text_of(top_ids[positions["the answer"]]))
-    alt_text = (
-        f"The largest direct writers of {answer_text} are "
-        + ", ".join(facts["the answer"]["top"])
-        + f"; the last quarter of the layers writes {fmt_pct(late_share)} of its logit."
-    )
-    return Panel(
-        key="p7",
-        question="Which components write the answer?",
-        charts=[to_chart(bars, alt_text)],
-        caption=caption(
-            "Direct logit attribution: each component's write to the residual stream, passed "
-            "through the final norm (its scale frozen at the value it took) and the unembedding "
-            "row of the predicted token. The parts sum to the logit.",
-            [texts["the answer"], texts["the count"], judged],
-        ),
-        verdict=verdict,
-        facts=facts,
-    )
+PANEL = PanelDef(
+    key="p7",
+    question="Which components write the answer?",
+    measure=measure_attribution,
+    words=attribution_words,
+    charts=attribution_charts,
+)

@@ -3,30 +3,25 @@ probabilities of candidate counts where the model has to say how many eyes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import altair as alt
-import numpy as np
 
 from ..store import Trace
-from . import Panel
-from .common import (
-    BORNE_OUT,
-    CONTEXT,
-    NOT_BORNE_OUT,
-    WIDTH,
+from .story import CountPosition, context_before, count_position, count_tokens, vocabulary
+from .style import WIDTH
+from .types import BORNE_OUT, CONTEXT, NOT_BORNE_OUT, PanelDef, Words
+from .vega import sig
+from .words import (
     caption,
-    context_before,
-    count_position,
-    count_tokens,
+    count_how,
     escape,
     fmt_pct,
     fmt_rank,
     rank_title,
     show_token,
     shown_rank,
-    sig,
-    to_chart,
     token_html,
-    vocabulary,
 )
 
 # The story's words: the common answer the narrator bets on, and the correct ones it expects
@@ -40,7 +35,39 @@ def word(text: str) -> str:
     return text.strip().lower()
 
 
-def build(trace: Trace) -> Panel:
+@dataclass(frozen=True)
+class Candidate:
+    id: int  # token id
+    text: str  # the token as the trace spells it
+    prob: float  # the model's probability for it at the count position
+    rank: int | None  # 0-based rank at the output; None when not in the stored top-k
+    group: str  # one of GROUPS
+
+
+@dataclass(frozen=True)
+class CandidatesFacts:
+    count: CountPosition
+    context: str  # the text just before the count position
+    top: tuple[tuple[int, str, float], ...]  # [k] the output's top-k (id, text, prob.) there
+    candidates: tuple[Candidate, ...]  # the watched count words, most probable first
+    bet: Candidate | None  # the narrator's bet ("two"), if watched
+    best_correct: Candidate | None  # the most probable correct answer, if watched
+    verdict: str
+
+    @property
+    def count_position(self) -> int:
+        return self.count.position
+
+    @property
+    def ratio(self) -> float:
+        """How many times as probable the winner of bet vs correct is as the loser."""
+        if self.bet is None or self.best_correct is None:
+            return float("nan")
+        high, low = sorted((self.bet.prob, self.best_correct.prob), reverse=True)
+        return high / max(low, 1e-12)
+
+
+def measure_candidates(trace: Trace) -> CandidatesFacts:
     count = count_position(trace)
     position = count.position
     text_of = vocabulary(trace)
@@ -48,15 +75,6 @@ def build(trace: Trace) -> Panel:
     top_probs = trace.derived("lens_topk_probs")[-1, position]
     watched_probs = trace.derived("watched_probs")[-1, position]
     rank_of = {int(token_id): rank for rank, token_id in enumerate(top_ids)}
-
-    rows: dict[int, dict] = {}
-    for token_id, prob in zip(top_ids, top_probs, strict=True):
-        rows[int(token_id)] = {
-            "t": show_token(text_of(token_id)),
-            "p": sig(prob),
-            "g": GROUPS[3],
-            "r": shown_rank(rank_of[int(token_id)]),
-        }
     candidates = []
     for w, token_id, text in count_tokens(trace):
         group = (
@@ -64,21 +82,79 @@ def build(trace: Trace) -> Panel:
             if word(text) in BET_WORDS
             else (GROUPS[1] if word(text) in CORRECT_WORDS else GROUPS[2])
         )
-        prob = float(watched_probs[w])
-        rank = rank_of.get(token_id)
-        candidates.append((text, prob, rank, group))
-        rows[token_id] = {
-            "t": show_token(text),
-            "p": sig(prob),
-            "g": group,
-            "r": shown_rank(rank) if rank is not None else None,
-        }
+        candidates.append(
+            Candidate(token_id, text, float(watched_probs[w]), rank_of.get(token_id), group)
+        )
+    candidates.sort(key=lambda c: -c.prob)
+    bets = [c for c in candidates if c.group == GROUPS[0]]
+    correct = [c for c in candidates if c.group == GROUPS[1]]
+    bet = bets[0] if bets else None
+    best_correct = max(correct, key=lambda c: c.prob) if correct else None
+    if bet and best_correct:
+        verdict = BORNE_OUT if bet.prob > best_correct.prob else NOT_BORNE_OUT
+    else:
+        verdict = CONTEXT
+    return CandidatesFacts(
+        count=count,
+        context=context_before(trace, position),
+        top=tuple((int(i), text_of(i), float(p)) for i, p in zip(top_ids, top_probs, strict=True)),
+        candidates=tuple(candidates),
+        bet=bet,
+        best_correct=best_correct,
+        verdict=verdict,
+    )
+
+
+def candidates_words(f: CandidatesFacts) -> Words:
+    top_k = len(f.top)
+
+    def described(c: Candidate) -> str:
+        where = fmt_rank(c.rank) if c.rank is not None else f"not in the top {top_k}"
+        return f"{token_html(c.text)} {fmt_pct(c.prob)} ({where})"
+
+    if f.bet and f.best_correct:
+        judged = (
+            f"Frequency beats correctness: {token_html(f.bet.text)} is "
+            f"{f.ratio:,.1f}&times; as probable as {token_html(f.best_correct.text)}."
+            if f.verdict == BORNE_OUT
+            else f"Correctness wins: {token_html(f.best_correct.text)} is "
+            f"{f.ratio:,.1f}&times; as probable as {token_html(f.bet.text)}."
+        )
+    else:
+        judged = "The trace does not watch both the bet and a correct answer."
+    _, top_text, top_prob = f.top[0] if top_k else (0, "", float("nan"))
+    items = [
+        "Candidates: " + (", ".join(described(c) for c in f.candidates) or "none watched") + ".",
+        f"The model's own first choice there is {token_html(top_text)} ({fmt_pct(top_prob)}).",
+        judged,
+    ]
+    alt_text = (
+        "At the count position: "
+        + ", ".join(f"{show_token(c.text)} {fmt_pct(c.prob)}" for c in f.candidates[:4])
+        + f"; the model's first choice is {show_token(top_text)}."
+    )
+    return Words(
+        caption=caption(
+            f"The count position is position {f.count_position}, after "
+            f"<q>{escape(f.context)}</q>: {count_how(f.count)}.",
+            items,
+        ),
+        alts=(alt_text,),
+    )
+
+
+def candidates_charts(f: CandidatesFacts) -> list[alt.TopLevelMixin]:
+    rows: dict[int, dict] = {}  # by token id: two ids may decode to the same text
+    for rank, (token_id, text, prob) in enumerate(f.top):
+        rows[token_id] = {"t": show_token(text), "p": sig(prob), "g": GROUPS[3], "r": rank + 1}
+    for c in f.candidates:
+        rank = shown_rank(c.rank) if c.rank is not None else None
+        rows[c.id] = {"t": show_token(c.text), "p": sig(c.prob), "g": c.group, "r": rank}
     values = sorted(rows.values(), key=lambda row: -(row["p"] or 0))
     floor = max(min((row["p"] for row in values if row["p"]), default=1e-6) / 2, 1e-9)
-    top_k = len(top_ids)
     dots = (
         alt.Chart(alt.Data(values=values))
-        .transform_calculate(rank=f"datum.r == null ? '> {top_k}' : '' + datum.r")
+        .transform_calculate(rank=f"datum.r == null ? '> {len(f.top)}' : '' + datum.r")
         .mark_point(filled=True, size=70)
         .encode(
             x=alt.X(
@@ -107,65 +183,16 @@ def build(trace: Trace) -> Panel:
         .properties(
             width=WIDTH,
             height=max(60, 16 * len(values)),
-            title=f"Next-token probabilities after “{context_before(trace, position)}”",
+            title=f"Next-token probabilities after “{f.context}”",
         )
     )
+    return [dots]
 
-    def described(text: str, prob: float, rank: int | None) -> str:
-        where = fmt_rank(rank) if rank is not None else f"not in the top {top_k}"
-        return f"{token_html(text)} {fmt_pct(prob)} ({where})"
 
-    bets = [c for c in candidates if c[3] == GROUPS[0]]
-    correct = [c for c in candidates if c[3] == GROUPS[1]]
-    if bets and correct:
-        best_correct = max(correct, key=lambda c: c[1])
-        verdict = BORNE_OUT if bets[0][1] > best_correct[1] else NOT_BORNE_OUT
-        judged = (
-            f"Frequency beats correctness: {token_html(bets[0][0])} is "
-            f"{bets[0][1] / max(best_correct[1], 1e-12):,.1f}&times; as probable as "
-            f"{token_html(best_correct[0])}."
-            if verdict == BORNE_OUT
-            else f"Correctness wins: {token_html(best_correct[0])} is "
-            f"{best_correct[1] / max(bets[0][1], 1e-12):,.1f}&times; as probable as "
-            f"{token_html(bets[0][0])}."
-        )
-    else:
-        verdict, judged = CONTEXT, "The trace does not watch both the bet and a correct answer."
-    top_text = text_of(top_ids[0]) if top_k else ""
-    items = [
-        "Candidates: "
-        + (
-            ", ".join(described(t, p, r) for t, p, r, _ in sorted(candidates, key=lambda c: -c[1]))
-            or "none watched"
-        )
-        + ".",
-        f"The model's own first choice there is {token_html(top_text)} "
-        f"({fmt_pct(top_probs[0] if top_k else np.nan)}).",
-        judged,
-    ]
-    facts = {
-        "count_position": position,
-        "count_step": count.step,
-        "candidates": {t: p for t, p, _, _ in candidates},
-        "ranks": {t: r for t, _, r, _ in candidates},
-    }
-    alt_text = (
-        "At the count position: "
-        + ", ".join(
-            f"{show_token(t)} {fmt_pct(p)}"
-            for t, p, _, _ in sorted(candidates, key=lambda c: -c[1])[:4]
-        )
-        + f"; the model's first choice is {show_token(top_text)}."
-    )
-    return Panel(
-        key="p5",
-        question="Where the count is due, how likely are “two”, “no” and “zero”?",
-        charts=[to_chart(dots, alt_text)],
-        caption=caption(
-            f"The count position is position {position}, after "
-            f"<q>{escape(context_before(trace, position))}</q>: {count.how}.",
-            items,
-        ),
-        verdict=verdict,
-        facts=facts,
-    )
+PANEL = PanelDef(
+    key="p5",
+    question="Where the count is due, how likely are “two”, “no” and “zero”?",
+    measure=measure_candidates,
+    words=candidates_words,
+    charts=candidates_charts,
+)

@@ -11,27 +11,17 @@ induction        mean attention from a token to the token that followed an earli
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import altair as alt
 import numpy as np
 
 from ..store import Trace
-from . import Panel
-from .common import (
-    BORNE_OUT,
-    CANVAS,
-    MIXED,
-    NOT_BORNE_OUT,
-    SEQUENTIAL,
-    WIDTH,
-    answer_position,
-    caption,
-    end_span,
-    fmt_pct,
-    head_label,
-    label_expr,
-    rounded,
-    to_chart,
-)
+from .story import answer_position, end_span
+from .style import CANVAS, SEQUENTIAL, WIDTH
+from .types import BORNE_OUT, MIXED, NOT_BORNE_OUT, PanelDef, Words
+from .vega import label_expr, rounded
+from .words import caption, count, fmt_pct, head_label, plural, verb
 
 END_SHARE = 0.5  # a head "attends to the end" with at least half its attention there
 A_FEW = 0.25  # "a few heads": at most a quarter of all heads
@@ -85,12 +75,95 @@ def _best(grid: np.ndarray) -> tuple[int, int, float]:
     return int(layer), int(head), float(grid[layer, head])
 
 
-def build(trace: Trace) -> Panel:
-    n_layers, n_heads = trace.n_layers, trace.model.n_heads
+@dataclass(frozen=True)
+class HeadsFacts:
+    n_layers: int
+    n_heads: int
+    scores: dict[str, np.ndarray]  # "e", "p", "i" (SCORE_LABELS): [L, H] each
+    end_heads: int  # heads with at least END_SHARE of the last position's attention at the end
+    previous_heads: int  # heads with a previous-token score of at least PREVIOUS_THRESHOLD
+    induction_heads: int  # heads with an induction score of at least INDUCTION_THRESHOLD
+    best: dict[str, tuple[int, int, float]]  # score -> (layer, head, value), 0-based
+    induction_chance: float  # the induction score of uniform attention
+    end_uniform_share: float  # the share of the visible prompt the end span holds
+    verdict: str
+
+    @property
+    def n_all(self) -> int:
+        return self.n_layers * self.n_heads
+
+
+def measure_heads(trace: Trace) -> HeadsFacts:
     scores = head_scores(trace)
+    n_all = trace.n_layers * trace.model.n_heads
+    end_heads = int((scores["e"] >= END_SHARE).sum())
+    if end_heads == 0:
+        verdict = NOT_BORNE_OUT
+    elif end_heads <= A_FEW * n_all:
+        verdict = BORNE_OUT
+    else:
+        verdict = MIXED  # many heads look there: recency, not a few dispatched heads
+    return HeadsFacts(
+        n_layers=trace.n_layers,
+        n_heads=trace.model.n_heads,
+        scores={key: scores[key] for key in SCORE_LABELS},
+        end_heads=end_heads,
+        previous_heads=int((scores["p"] >= PREVIOUS_THRESHOLD).sum()),
+        induction_heads=int((scores["i"] >= INDUCTION_THRESHOLD).sum()),
+        best={key: _best(scores[key]) for key in SCORE_LABELS},
+        induction_chance=float(scores["induction_chance"]),
+        end_uniform_share=float(scores["end_uniform"]),
+        verdict=verdict,
+    )
+
+
+def heads_words(f: HeadsFacts) -> Words:
+    def named(key: str) -> str:
+        layer, head, value = f.best[key]
+        return f"{head_label(layer, head)} ({fmt_pct(value)})"
+
+    end, prev, induction = f.end_heads, f.previous_heads, f.induction_heads
+    items = [
+        f"End of the sequence: {end} of {count(f.n_all, 'head')} {verb(end, 'puts', 'put')} "
+        f"at least {fmt_pct(END_SHARE)} of the last position's attention on the last two Q/A "
+        f"blocks, which hold {fmt_pct(f.end_uniform_share)} of the prompt; the strongest is "
+        f"{named('e')}. "
+        + (
+            f"That is {fmt_pct(end / max(f.n_all, 1))} of the heads: "
+            + ("a few, as the narrator says." if f.verdict == BORNE_OUT else "more than a few.")
+            if end
+            else "No head does."
+        ),
+        f"Previous token: {count(prev, 'head')} {verb(prev, 'gives', 'give')} the previous "
+        f"token at least {fmt_pct(PREVIOUS_THRESHOLD)} of {verb(prev, 'its', 'their')} "
+        f"attention; the strongest is {named('p')}.",
+        f"Induction: {count(induction, 'head')} {verb(induction, 'puts', 'put')} at least "
+        f"{fmt_pct(INDUCTION_THRESHOLD)} on the token that followed an earlier copy of the "
+        f"current one (uniform attention would give {fmt_pct(f.induction_chance)}); the "
+        f"strongest is {named('i')}. "
+        + (
+            "Induction heads exist here."
+            if induction
+            else "By this threshold there are no induction heads."
+        ),
+    ]
+    alt_text = (
+        f"{end} of {count(f.n_all, 'head')} {verb(end, 'puts', 'put')} at least half of the "
+        f"last position's attention on the last two Q/A blocks; {prev} "
+        f"{verb(prev, 'is a previous-token head', 'are previous-token heads')} and {induction} "
+        f"{plural('induction head', induction)}; the best induction score is "
+        f"{fmt_pct(f.best['i'][2])}."
+    )
+    return Words(
+        caption=caption("Three scores for every head, measured on this prompt.", items),
+        alts=(alt_text,),
+    )
+
+
+def heads_charts(f: HeadsFacts) -> list[alt.TopLevelMixin]:
     rows = [
-        {"l": layer + 1, **{key: rounded(scores[key][layer], 3) for key in SCORE_LABELS}}
-        for layer in range(n_layers)
+        {"l": layer + 1, **{key: rounded(f.scores[key][layer], 3) for key in SCORE_LABELS}}
+        for layer in range(f.n_layers)
     ]
     tooltip = [
         alt.Tooltip("l:O", title="layer"),
@@ -98,7 +171,7 @@ def build(trace: Trace) -> Panel:
         alt.Tooltip("score:N", title="score"),
         alt.Tooltip("value:Q", format=".1%"),
     ]
-    cell = max(6, min(18, (WIDTH // 3 - 20) // max(n_heads, 1)))
+    cell = max(6, min(18, (WIDTH // 3 - 20) // max(f.n_heads, 1)))
     grid = (
         alt.Chart(alt.Data(values=rows))
         .transform_flatten(list(SCORE_LABELS))
@@ -117,69 +190,18 @@ def build(trace: Trace) -> Panel:
             ),
             tooltip=tooltip,
         )
-        .properties(width=cell * n_heads, height=max(80, 8 * n_layers))
+        .properties(width=cell * f.n_heads, height=max(80, 8 * f.n_layers))
         .facet(column=alt.Column("score:N", title=None, sort=list(SCORE_LABELS.values())))
         .properties(usermeta=CANVAS, title="Head scores (layer x head)")
     )
+    return [grid]
 
-    n_all = n_layers * n_heads
-    end_heads = int((scores["e"] >= END_SHARE).sum())
-    prev_heads = int((scores["p"] >= PREVIOUS_THRESHOLD).sum())
-    induction_heads = int((scores["i"] >= INDUCTION_THRESHOLD).sum())
-    best = {key: _best(scores[key]) for key in SCORE_LABELS}
-    chance = float(scores["induction_chance"])
-    uniform_end = float(scores["end_uniform"])
-    if end_heads == 0:
-        verdict = NOT_BORNE_OUT
-    elif end_heads <= A_FEW * n_all:
-        verdict = BORNE_OUT
-    else:
-        verdict = MIXED  # many heads look there: recency, not a few dispatched heads
 
-    def named(key: str) -> str:
-        layer, head, value = best[key]
-        return f"{head_label(layer, head)} ({fmt_pct(value)})"
-
-    items = [
-        f"End of the sequence: {end_heads} of {n_all} heads put at least {fmt_pct(END_SHARE)} "
-        f"of the last position's attention on the last two Q/A blocks, which hold "
-        f"{fmt_pct(uniform_end)} of the prompt; the strongest is {named('e')}. "
-        + (
-            f"That is {fmt_pct(end_heads / n_all)} of the heads: "
-            + ("a few, as the narrator says." if verdict == BORNE_OUT else "more than a few.")
-            if end_heads
-            else "No head does."
-        ),
-        f"Previous token: {prev_heads} heads give the previous token at least "
-        f"{fmt_pct(PREVIOUS_THRESHOLD)} of their attention; the strongest is {named('p')}.",
-        f"Induction: {induction_heads} heads put at least {fmt_pct(INDUCTION_THRESHOLD)} on the "
-        f"token that followed an earlier copy of the current one (uniform attention would give "
-        f"{fmt_pct(chance)}); the strongest is {named('i')}. "
-        + (
-            "Induction heads exist here."
-            if induction_heads
-            else "By this threshold there are no induction heads."
-        ),
-    ]
-    facts = {
-        "end_heads": end_heads,
-        "previous_heads": prev_heads,
-        "induction_heads": induction_heads,
-        "best": best,
-        "induction_chance": chance,
-        "end_uniform_share": uniform_end,
-    }
-    alt_text = (
-        f"{end_heads} of {n_all} heads put at least half of the last position's attention on the "
-        f"last two Q/A blocks; {prev_heads} are previous-token heads and {induction_heads} "
-        f"induction heads; the best induction score is {fmt_pct(best['i'][2])}."
-    )
-    return Panel(
-        key="p4",
-        question="Which heads attend to the end of the sequence, and does the model copy the "
-        "Q/A template with induction heads?",
-        charts=[to_chart(grid, alt_text)],
-        caption=caption("Three scores for every head, measured on this prompt.", items),
-        verdict=verdict,
-        facts=facts,
-    )
+PANEL = PanelDef(
+    key="p4",
+    question="Which heads attend to the end of the sequence, and does the model copy the "
+    "Q/A template with induction heads?",
+    measure=measure_heads,
+    words=heads_words,
+    charts=heads_charts,
+)

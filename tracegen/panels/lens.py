@@ -4,37 +4,33 @@ the model's final answer stays on top."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import altair as alt
 import numpy as np
 
 from ..store import Trace
-from . import Panel
-from .common import (
-    BORNE_OUT,
-    CANVAS,
-    MIXED,
-    NOT_BORNE_OUT,
-    RANK_NOTE,
-    SEQUENTIAL,
+from .story import (
     THREE_QUARTERS,
-    WIDTH,
     answer_position,
-    caption,
-    cell_ink,
     count_position,
-    depth_axis,
+    three_quarters_depth,
+    vocabulary,
+)
+from .style import CANVAS, SEQUENTIAL, WIDTH
+from .types import BORNE_OUT, MIXED, NOT_BORNE_OUT, PanelDef, Words
+from .vega import cell_ink, depth_axis, rounded, value_labels
+from .words import (
+    RANK_NOTE,
+    caption,
+    count,
     fmt_num,
     fmt_pct,
     fmt_rank,
     rank_title,
-    rounded,
     show_token,
     shown_rank,
-    three_quarters_depth,
-    to_chart,
     token_html,
-    value_labels,
-    vocabulary,
 )
 
 PROMPT_COLUMNS = 8  # how many prompt positions before the answer the lens grid shows
@@ -55,36 +51,120 @@ def takeover_depths(target_rank: np.ndarray) -> np.ndarray:
     return first
 
 
-def build(trace: Trace) -> Panel:
+@dataclass(frozen=True)
+class LensFacts:
+    """The logit lens at the last positions (N = traced positions, L = layers)."""
+
+    n_layers: int
+    n_positions: int
+    answer: int  # the last prompt position
+    count: int  # the count position (story.count_position)
+    shown: tuple[int, ...]  # positions the grid shows: the last PROMPT_COLUMNS of the prompt on
+    inputs: tuple[str, ...]  # [N] the input token at each traced position ("" past the ids)
+    top1: tuple[tuple[str, ...], ...]  # [N][L+1] the lens's top-1 token text per depth
+    top1_prob: np.ndarray  # [L+1, N]
+    target_prob: np.ndarray  # [L+1, N] the lens's probability of the final top-1
+    target_rank: np.ndarray  # [L+1, N] its 0-based rank
+    kl: np.ndarray  # [L+1, N] KL(final || lens) in nats
+    takeover: np.ndarray  # [N] first depth from which the final top-1 stays on top
+    median_takeover_fraction: float  # median over positions of takeover / L
+    three_quarters_depth: int
+    verdict: str
+
+    @property
+    def takeover_fraction(self) -> np.ndarray:  # [N]
+        return self.takeover / max(self.n_layers, 1)
+
+    def final_token(self, position: int) -> str:
+        return self.top1[position][-1]
+
+
+def measure_lens(trace: Trace) -> LensFacts:
     n_layers = max(trace.n_layers, 1)
     text_of = vocabulary(trace)
     answer = answer_position(trace)
-    count = count_position(trace).position
-    top_ids = trace.derived("lens_topk_ids")[:, :, 0]
-    top_probs = trace.derived("lens_topk_probs")[:, :, 0]
+    top_ids = trace.derived("lens_topk_ids")[:, :, 0]  # [L+1, N]
     target_rank = trace.derived("lens_target_rank")
-    target_prob = trace.derived("lens_target_prob")
-    kl = trace.derived("lens_kl")
     takeover = takeover_depths(target_rank)
     fractions = takeover / n_layers
+    median = float(np.median(fractions)) if fractions.size else float("nan")
+    gap = abs(median - THREE_QUARTERS)
+    n = trace.n_positions
+    strings = trace.token_strings
+    return LensFacts(
+        n_layers=n_layers,
+        n_positions=n,
+        answer=answer,
+        count=count_position(trace).position,
+        shown=tuple(range(max(answer - PROMPT_COLUMNS + 1, 0), n)),
+        inputs=tuple(strings[p] if p < len(strings) else "" for p in range(n)),
+        top1=tuple(tuple(text_of(i) for i in top_ids[:, p]) for p in range(n)),
+        top1_prob=trace.derived("lens_topk_probs")[:, :, 0],
+        target_prob=trace.derived("lens_target_prob"),
+        target_rank=target_rank,
+        kl=trace.derived("lens_kl"),
+        takeover=takeover,
+        median_takeover_fraction=median,
+        three_quarters_depth=three_quarters_depth(n_layers),
+        verdict=BORNE_OUT if gap <= CLOSE else MIXED if gap <= NEAR else NOT_BORNE_OUT,
+    )
 
-    first = max(answer - PROMPT_COLUMNS + 1, 0)
-    shown = list(range(first, trace.n_positions))
+
+def lens_words(f: LensFacts) -> Words:
+    fractions = f.takeover_fraction
+    median = f.median_takeover_fraction
+    deep, answer = f.three_quarters_depth, f.answer
+
+    def takes_over(position: int) -> str:
+        return (
+            f"{token_html(f.final_token(position))} takes over at depth {f.takeover[position]} "
+            f"of {f.n_layers} ({fmt_pct(fractions[position])} of the depth)"
+        )
+
+    items = [
+        f"At the last prompt position {takes_over(answer)}; at the count position "
+        f"{takes_over(f.count)}.",
+        f"Over all {count(f.n_positions, 'traced position')} the median take-over is at "
+        f"{fmt_pct(median)} of the depth (the story: {fmt_pct(THREE_QUARTERS)}; "
+        f"judged borne out within {fmt_pct(CLOSE)}, mixed within {fmt_pct(NEAR)}).",
+        f"At depth {deep} (three quarters) the last prompt position's lens gives "
+        f"the final token {fmt_pct(f.target_prob[deep, answer])}, ranks it "
+        f"{fmt_rank(f.target_rank[deep, answer])}, and is "
+        f"{fmt_num(f.kl[deep, answer])} nats from the output "
+        f"(embeddings: {fmt_num(f.kl[0, answer])}).",
+    ]
+    alt_text = (
+        f"The final token stays on top from {fmt_pct(fractions[answer])} of the depth at the last "
+        f"prompt position; the median over all positions is {fmt_pct(median)}, against "
+        f"the story's three quarters."
+    )
+    return Words(
+        caption=caption(
+            "The take-over depth is the first depth from which the model's final choice stays "
+            "ranked first in the logit lens. Click a column to follow that position.",
+            items,
+        ),
+        alts=(alt_text,),
+    )
+
+
+def lens_charts(f: LensFacts) -> list[alt.TopLevelMixin]:
+    n_layers = f.n_layers
     rows = [
         {
             "p": p,
-            "in": show_token(trace.token_strings[p]) if p < len(trace.token_strings) else "",
-            "out": show_token(text_of(top_ids[-1, p])),
-            "t": [show_token(text_of(i)) for i in top_ids[:, p]],
-            "tp": rounded(top_probs[:, p], 3),
-            "fp": rounded(target_prob[:, p], 3),
-            "rk": shown_rank(target_rank[:, p]),
-            "kl": rounded(kl[:, p], 3),
+            "in": show_token(f.inputs[p]) if f.inputs[p] else "",
+            "out": show_token(f.final_token(p)),
+            "t": [show_token(text) for text in f.top1[p]],
+            "tp": rounded(f.top1_prob[:, p], 3),
+            "fp": rounded(f.target_prob[:, p], 3),
+            "rk": shown_rank(f.target_rank[:, p]),
+            "kl": rounded(f.kl[:, p], 3),
         }
-        for p in shown
+        for p in f.shown
     ]
     pick = alt.selection_point(
-        name="pick", fields=["p"], value=[{"p": answer}], on="click", clear=False, toggle=False
+        name="pick", fields=["p"], value=[{"p": f.answer}], on="click", clear=False, toggle=False
     )
     base = (
         alt.Chart(alt.NamedData("lens"))  # one copy of the data, shared by every view
@@ -130,7 +210,7 @@ def build(trace: Trace) -> Panel:
     )
     # Labels sit on data-coloured cells, so their colour follows the cell, not the page theme:
     # dark text on the light (yellow-green) end of viridis, light text on the dark end.
-    words = base.mark_text(fontSize=8, limit=max(20, WIDTH // max(len(shown), 1) - 2)).encode(
+    words = base.mark_text(fontSize=8, limit=max(20, WIDTH // max(len(rows), 1) - 2)).encode(
         x=x,
         y=y,
         text="t:N",
@@ -145,10 +225,9 @@ def build(trace: Trace) -> Panel:
     picked = base.transform_filter(pick)
     small = {"width": WIDTH // 3 - 30, "height": 110}
     line_x = alt.X("d:Q", axis=depth_axis(n_layers, "depth"))
-    three_quarter_depth = three_quarters_depth(n_layers)
     three_quarters = (
         alt.Chart(
-            alt.Data(values=[{"d": three_quarter_depth, "what": "three quarters (the story)"}])
+            alt.Data(values=[{"d": f.three_quarters_depth, "what": "three quarters (the story)"}])
         )
         .mark_rule(strokeDash=[4, 3])
         .encode(
@@ -171,61 +250,30 @@ def build(trace: Trace) -> Panel:
                     f"its rank ({RANK_NOTE}; log)",
                     {"title": None, "scale": alt.Scale(type="log")},
                 ),
-                ("kl", "KL to final (nats)", {"title": None}),
+                # The embeddings' KL can be hundreds of nats (Gemma: 465) against single digits
+                # above them: a symmetric log scale keeps both readable, and zero (the output's
+                # KL to itself) on the axis, where a log scale has no zero.
+                (
+                    "kl",
+                    "KL to final (nats; symlog)",
+                    {"title": None, "scale": alt.Scale(type="symlog")},
+                ),
             ]
         ]
     )
-    chart = alt.vconcat(grid, curves, datasets={"lens": rows}).properties(usermeta=CANVAS)
-
-    at = {"answer": answer, "count": count}
-    median_fraction = float(np.median(fractions)) if fractions.size else float("nan")
-    gap = abs(median_fraction - THREE_QUARTERS)
-    verdict = BORNE_OUT if gap <= CLOSE else MIXED if gap <= NEAR else NOT_BORNE_OUT
-    facts = {
-        "takeover_depth": {k: int(takeover[p]) for k, p in at.items()},
-        "takeover_fraction": {k: float(fractions[p]) for k, p in at.items()},
-        "median_takeover_fraction": median_fraction,
-    }
-
-    def takes_over(position: int) -> str:
-        final = token_html(text_of(top_ids[-1, position]))
-        return (
-            f"{final} takes over at depth {takeover[position]} of {n_layers} "
-            f"({fmt_pct(fractions[position])} of the depth)"
-        )
-
-    items = [
-        f"At the last prompt position {takes_over(answer)}; at the count position "
-        f"{takes_over(count)}.",
-        f"Over all {trace.n_positions} traced positions the median take-over is at "
-        f"{fmt_pct(median_fraction)} of the depth (the story: {fmt_pct(THREE_QUARTERS)}; "
-        f"judged borne out within {fmt_pct(CLOSE)}, mixed within {fmt_pct(NEAR)}).",
-        f"At depth {three_quarter_depth} (three quarters) the last prompt position's lens gives "
-        f"the final token {fmt_pct(target_prob[three_quarter_depth, answer])}, ranks it "
-        f"{fmt_rank(target_rank[three_quarter_depth, answer])}, and is "
-        f"{fmt_num(kl[three_quarter_depth, answer])} nats from the output "
-        f"(embeddings: {fmt_num(kl[0, answer])}).",
-    ]
-    alt_text = (
-        f"The final token stays on top from {fmt_pct(fractions[answer])} of the depth at the last "
-        f"prompt position; the median over all positions is {fmt_pct(median_fraction)}, against "
-        f"the story's three quarters."
-    )
-    return Panel(
-        key="p6",
-        question="Is there a second decoder that takes over at about three quarters of the depth?",
-        charts=[to_chart(chart, alt_text)],
-        caption=caption(
-            "The take-over depth is the first depth from which the model's final choice stays "
-            "ranked first in the logit lens. Click a column to follow that position.",
-            items,
-        ),
-        verdict=verdict,
-        facts=facts,
-    )
+    return [alt.vconcat(grid, curves, datasets={"lens": rows}).properties(usermeta=CANVAS)]
 
 
 def _label_expr(rows: list[dict]) -> str:
     """Axis labels show the input token at each position instead of its number."""
     names = {row["p"]: row["in"] for row in rows}
     return value_labels(names)
+
+
+PANEL = PanelDef(
+    key="p6",
+    question="Is there a second decoder that takes over at about three quarters of the depth?",
+    measure=measure_lens,
+    words=lens_words,
+    charts=lens_charts,
+)
