@@ -84,14 +84,20 @@ def test_every_panel_is_on_the_story_page(site: Path) -> None:
 
 def test_every_chart_has_a_static_fallback(site: Path) -> None:
     text = (site / "index.html").read_text(encoding="utf-8")
-    figures = re.findall(r'<figure class="fp-figure">(.*?)</figure>', text, re.DOTALL)
+    figures = re.findall(r'<figure class="fp-figure" id="[\w-]+">(.*?)</figure>', text, re.DOTALL)
     assert figures
     for figure in figures:
-        image = re.search(r'<noscript><img src="([^"]+)" alt="([^"]+)"', figure)
+        image = re.search(
+            r'<noscript><img src="([^"]+)" alt="([^"]+)" aria-describedby="([\w-]+)"', figure
+        )
         assert image, f"no <noscript> image in {figure[:200]}"
         assert (site / image.group(1)).read_text(encoding="utf-8").lstrip().startswith("<svg")
-        assert re.search(r'role="img" aria-label="[^"]+"', figure)
-        assert "<figcaption>" in figure
+        # A short name, and the caption as the description (read once, not as the name too).
+        caption = re.search(rf'<figcaption id="{image.group(3)}">(.*?)</figcaption>', figure)
+        assert caption and caption.group(1).strip(), figure[-300:]
+        assert image.group(2) != caption.group(1).strip(), image.group(2)
+        # Controls are drawn inside the chart's host: no role="img" around them.
+        assert 'role="img"' not in figure
 
 
 def test_story_text_is_verbatim(site: Path) -> None:
