@@ -89,7 +89,8 @@ def scale_for(labels: list[str], this_model: str | None = None) -> dict[str, Any
 # --- specs as built by the panels ---------------------------------------------------------------
 
 _COLOUR_CHANNELS = ("color", "fill", "stroke")
-_LITERAL = re.compile(r'\?\s*"((?:[^"\\]|\\.)*)"')
+# A label a `calculate` writes: a string literal after `?` or `:` (not one after `==`).
+_LITERAL = re.compile(r'[?:]\s*"((?:[^"\\]|\\.)*)"')
 
 
 def _labels_from_transforms(spec: dict[str, Any], field: str) -> list[str] | None:

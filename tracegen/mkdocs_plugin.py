@@ -129,7 +129,7 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         if self.config.fallback_images:
             for panel in self.panels.values():
                 for index, chart in enumerate(panel.charts):
-                    svg = fallback_svg(chart.spec)
+                    svg = fallback_svg(site_spec(chart.spec))
                     if svg is None:
                         continue
                     slug = safe_slug(self.trace.model.slug)
@@ -194,7 +194,7 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         figures = []
         for index, chart in enumerate(panel.charts):
             # "$schema" is a URL the runtime never fetches; dropping it saves bytes per chart.
-            browser_spec = colours.recolour({k: v for k, v in chart.spec.items() if k != "$schema"})
+            browser_spec = {k: v for k, v in site_spec(chart.spec).items() if k != "$schema"}
             try:  # NaN is not JSON: the browser's JSON.parse would reject the whole spec
                 spec = json.dumps(
                     browser_spec, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -261,6 +261,13 @@ def normalise_glyphs(text: str) -> str:
     for old, new in GLYPH_FIXES.items():
         text = text.replace(old, new)
     return text
+
+
+def site_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A panel's spec as the site shows it: in the colour language (`colours.recolour`) and
+    with the site's whitespace glyphs. Both go once the panels write them themselves."""
+    text = json.dumps(spec, ensure_ascii=False)
+    return colours.recolour(json.loads(normalise_glyphs(text)))
 
 
 def chart_name(spec: dict[str, Any], question: str, index: int, count: int) -> str:
