@@ -164,6 +164,16 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
             return html_text
         return self.wrap_rows(html_text, page)
 
+    def on_post_page(self, output: str, *, page: Page, config: MkDocsConfig) -> str:
+        """The story page's first chart sits at its top: fetch the Vega runtime alongside the
+        theme's own files instead of after them (forward-pass.js asks for the same URL when a
+        chart nears the viewport, and gets the preloaded copy). Other pages never load it."""
+        if page.file.src_uri != self.config.story_page or "</head>" not in output:
+            return output
+        href = escape(get_relative_url(VEGA_BUNDLE, page.url))
+        preload = f'<link rel="preload" href="{href}" as="script">\n'
+        return output.replace("</head>", preload + "</head>", 1)
+
     def wrap_rows(self, html_text: str, page: Page) -> str:
         """Pair each run of story paragraphs with the panel named by the marker after it."""
         head, sep, story = html_text.partition(START_MARKER)
