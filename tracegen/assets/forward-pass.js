@@ -346,6 +346,11 @@
     keyboardPicking(spec);
     narrowLegends(spec, width);
     if (isMulti(spec)) {
+      // Each legend beside its own view, not beside the whole chart (a shared legend of
+      // stacked views sits level with whichever view happens to be first).
+      spec.resolve = spec.resolve || {};
+      spec.resolve.legend = Object.assign({color: "independent", fill: "independent",
+                                           stroke: "independent"}, spec.resolve.legend);
       wrapTitles(spec, width);
       // The first scale is a guess at what axes and legends take beside the plots; once drawn,
       // the chart's measured overhead replaces it (entry.overhead, see fit()).
