@@ -66,6 +66,7 @@ check-gemma: deps-test
 
 bench: deps-test
 	$(BIN)/python bench/site_budget.py
+	$(BIN)/python bench/slow_device.py
 
 clean:
 	rm -rf site artifacts build *.egg-info

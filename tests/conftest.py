@@ -107,3 +107,28 @@ def browser() -> Iterator[Any]:
         browser = launch_chromium(playwright)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def served_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """The site built once from the committed trace (or FORWARD_PASS_TRACE when set), served
+    on a free port; the build names that port as site_url so instant navigation works.
+    Shared by the browser tests (test_site_browser, test_site_access)."""
+    from tests.site_helpers import DEFAULT_TRACE, build_site, serve
+
+    site = tmp_path_factory.mktemp("browser") / "site"
+    trace = Path(os.environ.get("FORWARD_PASS_TRACE") or DEFAULT_TRACE)
+    assert (trace / "manifest.json").is_file(), f"no trace at {trace}"
+    with serve(site) as url:
+        build_site(site, trace, site_url=url)
+        yield site, url
+
+
+@pytest.fixture(scope="session")
+def built_site(served_site: tuple[Path, str]) -> Path:
+    return served_site[0]
+
+
+@pytest.fixture(scope="session")
+def base_url(served_site: tuple[Path, str]) -> str:
+    return served_site[1]

@@ -8,9 +8,7 @@ Chromium missing is a failure (site_helpers.chromium_path raises), never a skip.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +17,9 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.site_helpers import (
     CHART_STATES_JS,
-    DEFAULT_TRACE,
     PANEL_KEYS,
     REPO,
     SCROLL_ALL_JS,
-    build_site,
-    serve,
     story_lines,
 )
 
@@ -32,28 +27,6 @@ pytestmark = pytest.mark.browser
 SHOTS = REPO / "artifacts" / "screenshots"
 WIDE = {"width": 1440, "height": 900}
 NARROW = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="session")
-def served_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """The site built once from the committed trace (or FORWARD_PASS_TRACE when set), served
-    on a free port; the build names that port as site_url so instant navigation works."""
-    site = tmp_path_factory.mktemp("browser") / "site"
-    trace = Path(os.environ.get("FORWARD_PASS_TRACE") or DEFAULT_TRACE)
-    assert (trace / "manifest.json").is_file(), f"no trace at {trace}"
-    with serve(site) as url:
-        build_site(site, trace, site_url=url)
-        yield site, url
-
-
-@pytest.fixture(scope="session")
-def built_site(served_site: tuple[Path, str]) -> Path:
-    return served_site[0]
-
-
-@pytest.fixture(scope="session")
-def base_url(served_site: tuple[Path, str]) -> str:
-    return served_site[1]
 
 
 class Watched:
@@ -293,21 +266,21 @@ def test_single_view_charts_fit_their_panel(browser, base_url):
     watched.check_clean()
 
 
-def test_panels_are_keyboard_reachable(browser, base_url):
+def test_panel_permalinks_are_keyboard_reachable(browser, base_url):
+    """Tab reaches a panel's permalink; following it focuses the panel, with a ring."""
     watched = open_page(browser, base_url, WIDE)
     page = watched.page
     for _ in range(200):
         page.keyboard.press("Tab")
-        if page.evaluate("document.activeElement.classList.contains('fp-panel')"):
+        if page.evaluate("document.activeElement.classList.contains('fp-permalink')"):
             break
     else:
-        pytest.fail("no panel reachable with Tab")
-    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
-    assert outline not in ("", "none")
-    labels = page.eval_on_selector_all(
-        ".fp-chart", "els => els.map(e => [e.getAttribute('role'), e.getAttribute('aria-label')])"
-    )
-    assert all(role == "img" and label for role, label in labels)
+        pytest.fail("no panel permalink reachable with Tab")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.activeElement.classList.contains('fp-panel')")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    assert page.evaluate("location.hash").startswith("#panel-")
 
 
 def test_story_text_matches_story_file(browser, base_url):

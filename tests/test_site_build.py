@@ -84,14 +84,20 @@ def test_every_panel_is_on_the_story_page(site: Path) -> None:
 
 def test_every_chart_has_a_static_fallback(site: Path) -> None:
     text = (site / "index.html").read_text(encoding="utf-8")
-    figures = re.findall(r'<figure class="fp-figure">(.*?)</figure>', text, re.DOTALL)
+    figures = re.findall(r'<figure class="fp-figure" id="[\w-]+">(.*?)</figure>', text, re.DOTALL)
     assert figures
     for figure in figures:
-        image = re.search(r'<noscript><img src="([^"]+)" alt="([^"]+)"', figure)
+        image = re.search(
+            r'<noscript><img src="([^"]+)" alt="([^"]+)" aria-describedby="([\w-]+)"', figure
+        )
         assert image, f"no <noscript> image in {figure[:200]}"
         assert (site / image.group(1)).read_text(encoding="utf-8").lstrip().startswith("<svg")
-        assert re.search(r'role="img" aria-label="[^"]+"', figure)
-        assert "<figcaption>" in figure
+        # A short name, and the caption as the description (read once, not as the name too).
+        caption = re.search(rf'<figcaption id="{image.group(3)}">(.*?)</figcaption>', figure)
+        assert caption and caption.group(1).strip(), figure[-300:]
+        assert image.group(2) != caption.group(1).strip(), image.group(2)
+        # Controls are drawn inside the chart's host: no role="img" around them.
+        assert 'role="img"' not in figure
 
 
 def test_story_text_is_verbatim(site: Path) -> None:
@@ -258,3 +264,44 @@ def test_two_builds_from_one_trace_are_byte_identical(tmp_path: Path) -> None:
     assert differ == []
     sitemap = (sites[0] / "sitemap.xml").read_text(encoding="utf-8")
     assert re.findall(r"<lastmod>([^<]*)</lastmod>", sitemap)[0] == "1971-01-01"
+
+
+def test_no_chart_uses_one_colour_for_two_meanings(site: Path) -> None:
+    """The colour language (tracegen/colours.py) as the story page serves it: every colour a
+    categorical scale gives names one meaning on its chart; each meaning has the one colour
+    of the mapping on every chart; the colours of the argument (the model, the narrator, a
+    correct answer) mean nothing else anywhere; sequential scales are never reversed."""
+    from tracegen import colours
+
+    uses_by_chart = [colours.colour_uses(json.loads(s)) for s in chart_specs(site / "index.html")]
+    assert sum(1 for uses in uses_by_chart if uses) >= 5, "expected several categorical charts"
+    for index, uses in enumerate(uses_by_chart):
+        meanings: dict[str, set[str | None]] = {}
+        for colour, label, meaning in uses:
+            assert meaning is not None, f"chart {index}: {label!r} has no meaning in colours.py"
+            assert colour == colours.colour_of(meaning), (index, label, colour, meaning)
+            meanings.setdefault(colour, set()).add(meaning)
+        assert all(len(m) == 1 for m in meanings.values()), (index, meanings)
+    reserved = {colours.colour_of(m): m for m in colours.RESERVED}
+    for uses in uses_by_chart:
+        for colour, label, meaning in uses:
+            assert reserved.get(colour, meaning) == meaning, (label, colour, meaning)
+    for spec in chart_specs(site / "index.html"):
+        assert '"reverse":true,"scheme":"viridis"' not in spec.replace(" ", "")
+
+
+def test_one_glyph_per_whitespace_kind_on_every_page(site: Path) -> None:
+    """A space is ␣ and a newline ↵ on the story page and on "How this was made" alike, and
+    the reading guide explains the glyphs the pages use."""
+    story = html.unescape((site / "index.html").read_text(encoding="utf-8"))
+    made = html.unescape((site / "made.html").read_text(encoding="utf-8"))
+    for page in (story, made):
+        assert "␣" in page and "⏎" not in page
+    tokens = re.search(r'<div class="fp-tokens">(.*?)</div>', made, re.DOTALL)
+    assert tokens and "·" not in tokens.group(1) and "␣" in tokens.group(1)
+    guide = re.search(r'<details class="fp-guide">(.*?)</details>', story, re.DOTALL)
+    assert guide, "no reading guide on the story page"
+    for glyph in ("␣", "↵", "⇥"):
+        assert glyph in guide.group(1)
+    for verdict in ("borne out", "not borne out", "mixed", "context"):
+        assert f"<dt>{verdict}</dt>" in guide.group(1)

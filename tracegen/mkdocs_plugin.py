@@ -33,7 +33,7 @@ from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 from mkdocs.utils import get_relative_url
 
-from tracegen import card, publish
+from tracegen import card, colours, publish
 from tracegen.provenance import Provenance, provenance
 from tracegen.store import ModelCard, Trace, TraceError, load_trace
 from tracegen.text import (
@@ -199,7 +199,7 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         if self.config.fallback_images:
             for panel in self.panels.values():
                 for index, chart in enumerate(panel.charts):
-                    svg = fallback_svg(chart.spec)
+                    svg = fallback_svg(site_spec(chart.spec))
                     if svg is None:
                         continue
                     slug = safe_slug(self.trace.model.slug)
@@ -251,6 +251,16 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
                 self.files.append(File.generated(config, model.data_uri, content=script))
         return self.wrap_rows(html_text, page)
 
+    def on_post_page(self, output: str, *, page: Page, config: MkDocsConfig) -> str:
+        """The story page's first chart sits at its top: fetch the Vega runtime alongside the
+        theme's own files instead of after them (forward-pass.js asks for the same URL when a
+        chart nears the viewport, and gets the preloaded copy). Other pages never load it."""
+        if page.file.src_uri != self.config.story_page or "</head>" not in output:
+            return output
+        href = escape(get_relative_url(VEGA_BUNDLE, page.url))
+        preload = f'<link rel="preload" href="{href}" as="script">\n'
+        return output.replace("</head>", preload + "</head>", 1)
+
     def wrap_rows(self, html_text: str, page: Page) -> str:
         """Pair each run of story paragraphs with the panel named by the marker after it."""
         head, sep, story = html_text.partition(START_MARKER)
@@ -260,9 +270,16 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         rows = []
         for index in range(1, len(pieces), 2):
             key, text = pieces[index], pieces[index - 1]
+            question = escape(normalise_glyphs(self.panels[key].question))
+            # Reading mode (forward-pass.js) folds the panel away behind this button; without
+            # scripts it stays hidden and every panel shows.
+            toggle = (
+                f'<button type="button" class="fp-evidence-toggle" hidden aria-expanded="false" '
+                f'aria-controls="panel-{key}">Show the evidence: {question}</button>'
+            )
             rows.append(
                 f'<div class="fp-row" id="row-{key}">\n'
-                f'<div class="fp-story">{text.strip()}</div>\n'
+                f'<div class="fp-story">{text.strip()}{toggle}</div>\n'
                 f"{self.render_panel(key, page)}\n</div>"
             )
         tail = pieces[-1]
@@ -271,10 +288,11 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
     def render_panel(self, key: str, page: Page, model: ModelSite | None = None) -> str:
         model = model or self.models[0]
         panel = model.panels[key]
+        question = escape(normalise_glyphs(panel.question))
         figures = []
         for index, chart in enumerate(panel.charts):
             # "$schema" is a URL the runtime never fetches; dropping it saves bytes per chart.
-            browser_spec = {k: v for k, v in chart.spec.items() if k != "$schema"}
+            browser_spec = {k: v for k, v in site_spec(chart.spec).items() if k != "$schema"}
             try:  # NaN is not JSON: the browser's JSON.parse would reject the whole spec
                 spec = json.dumps(
                     browser_spec, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -286,32 +304,118 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
             # A chart fitted to its panel may ask not to shrink below a width (it scrolls).
             min_width = usermeta.get("minWidth")
             style = f' style="min-width:{int(min_width)}px"' if min_width else ""
-            alt = escape(chart.alt)
+            # A screen reader hears the short name, then the caption once (aria-describedby).
+            name = escape(chart_name(chart.spec, panel.question, index, len(panel.charts)))
+            alt = escape(normalise_glyphs(chart.alt))
+            caption_id = f"panel-{key}-caption-{index}"
             fallback = ""
             if model.primary and (key, index) in self.fallbacks:
                 src = get_relative_url(self.fallbacks[(key, index)], page.url)
-                fallback = f'<noscript><img src="{src}" alt="{alt}" loading="lazy"></noscript>'
+                interactive = (
+                    '<p class="fp-noscript-note">This chart is interactive with scripts on.</p>'
+                    if is_interactive(chart.spec)
+                    else ""
+                )
+                fallback = (
+                    f'<noscript><img src="{src}" alt="{name}" aria-describedby="{caption_id}" '
+                    f'loading="lazy">{interactive}</noscript>'
+                )
+            # No role="img" here: vega-embed puts its controls (sliders, radios) inside the
+            # host, and controls inside an image are hidden from assistive technology. The
+            # script gives the drawn <svg>/<canvas> the role, the name and the description.
             figures.append(
-                f'<figure class="fp-figure">'
-                f'<div class="fp-chart" role="img" aria-label="{alt}" '
+                f'<figure class="fp-figure" id="panel-{key}-chart-{index}">'
+                f'<div class="fp-chart" data-name="{name}" data-describedby="{caption_id}" '
                 f"data-renderer=\"{escape(renderer)}\" data-spec='{attr_single(spec)}'>"
                 # vega-embed relabels its host element, so it draws into this inner one.
                 f'<div class="fp-vega"{style}></div></div>{fallback}'
-                f"<figcaption>{alt}</figcaption></figure>"
+                f'<figcaption id="{caption_id}">{alt}</figcaption></figure>'
             )
         verdict = escape(panel.verdict)
         slug = re.sub(r"[^a-z]+", "-", panel.verdict.lower()).strip("-")
         return (
-            f'<aside class="fp-panel" id="panel-{key}" data-panel="{key}" tabindex="0" '
+            f'<aside class="fp-panel" id="panel-{key}" data-panel="{key}" tabindex="-1" '
             f'aria-labelledby="panel-{key}-q">'
             f'<div class="fp-panel-head"><h2 class="fp-question" id="panel-{key}-q">'
-            f"{escape(panel.question)}</h2>"
-            f'<span class="fp-verdict fp-verdict--{slug}">{verdict}</span></div>'
-            f'{"".join(figures)}<div class="fp-caption">{panel.caption}</div></aside>'
+            f"{question}</h2>"
+            f'<span class="fp-verdict fp-verdict--{slug}">{verdict}</span>'
+            f'<a class="fp-permalink" href="#panel-{key}" title="Link to this panel">'
+            f'<span aria-hidden="true">#</span>'
+            f'<span class="fp-sr">Link to the panel: {question}</span></a></div>'
+            f'{"".join(figures)}<div class="fp-caption">{normalise_glyphs(panel.caption)}</div>'
+            "</aside>"
         )
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+# One glyph per whitespace kind on every page (text.show_token: ␣ space, ↵ newline, ⇥ tab);
+# panels/common.py still writes ⏎ for a newline in context snippets (until it adopts ↵).
+GLYPH_FIXES = {"⏎": "↵"}
+
+
+def normalise_glyphs(text: str) -> str:
+    for old, new in GLYPH_FIXES.items():
+        text = text.replace(old, new)
+    return text
+
+
+def site_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A panel's spec as the site shows it: in the colour language (`colours.recolour`) and
+    with the site's whitespace glyphs. Both go once the panels write them themselves."""
+    text = json.dumps(spec, ensure_ascii=False)
+    return colours.recolour(json.loads(normalise_glyphs(text)))
+
+
+def chart_name(spec: dict[str, Any], question: str, index: int, count: int) -> str:
+    """A chart's short accessible name: its title as a wide panel shows it; for views stacked
+    or side by side without one, the first view's title and how many more there are; else
+    the question."""
+    if title := title_text(spec.get("title")):
+        return title
+    views = [t for view in sub_views(spec) if (t := title_text(view.get("title")))]
+    if views:
+        more = len(views) - 1
+        return views[0] + (f", and {more} more view{'s' if more > 1 else ''}" if more else "")
+    return question if count == 1 else f"{question} (chart {index + 1} of {count})"
+
+
+def title_text(title: Any) -> str | None:
+    """A Vega-Lite title as one line (a title that wraps on a phone is an expression
+    `narrow ? [lines] : "one line"`)."""
+    text = title.get("text") if isinstance(title, dict) else title
+    if isinstance(text, dict) and isinstance(text.get("expr"), str):
+        _, _, one_line = text["expr"].rpartition(" : ")
+        try:
+            text = json.loads(one_line)
+        except ValueError:
+            text = None
+    if isinstance(text, list):
+        text = " ".join(str(line) for line in text)
+    return normalise_glyphs(text.strip()) if isinstance(text, str) and text.strip() else None
+
+
+def sub_views(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The views of a concatenated chart, in reading order, nested ones flattened."""
+    views: list[dict[str, Any]] = []
+    for key in ("vconcat", "hconcat", "concat"):
+        for view in spec.get(key) or []:
+            if isinstance(view, dict):
+                views += sub_views(view) if not view.get("title") else [view]
+    return views
+
+
+def is_interactive(spec: Any) -> bool:
+    """Does the chart have controls or a selection (params with `bind` or `select`)?"""
+    if isinstance(spec, dict):
+        for param in spec.get("params") or []:
+            if isinstance(param, dict) and ("bind" in param or "select" in param):
+                return True
+        return any(is_interactive(v) for k, v in spec.items() if k not in ("data", "datasets"))
+    if isinstance(spec, list):
+        return any(is_interactive(v) for v in spec)
+    return False
 
 
 def resolve_trace_path(configured: str, config_file: str | None) -> Path:
@@ -619,12 +723,13 @@ def fill_tokens(plugin: ForwardPassPlugin, page: Page) -> str:
     spans = []
     prompt = zip(t.token_ids[: t.n_prompt], t.token_strings[: t.n_prompt], strict=True)
     for index, (tid, text) in enumerate(prompt):
-        shown = show_token(text).replace(" ", "·").replace("␣", "·")
+        # The story page's glyphs (text.show_token), every space a ␣ (not only a leading one).
+        shown = show_token(text).replace(" ", "␣")
         title = md_text(f"#{index} id {tid}: {json.dumps(text, ensure_ascii=False)}")
         spans.append(f'<span class="fp-tok" title="{title}">{md_text(shown)}</span>')
     lead = (
         f"The tokenizer splits the prompt into **{t.n_prompt} tokens** "
-        "(· is a space, ↵ a newline, ⇥ a tab; hover a token for its id):"
+        "(␣ is a space, ↵ a newline, ⇥ a tab; hover a token for its id):"
     )
     return f'{lead}\n\n<div class="fp-tokens">{"".join(spans)}</div>'
 
