@@ -114,13 +114,15 @@ class Recorder:
         self.records[index][name] = tensor.detach().to("cpu", dtype, copy=True)
 
     def on_attention(self, index, query, key, value, weights, mask, scores) -> None:
-        """Per-head norms of what enters the scores, the probabilities, and a check that
-        the probabilities follow from these very queries and keys."""
+        """Per-head norms of what enters the scores, the probabilities, and (unless `scores`
+        is None) a check that the probabilities follow from these very queries and keys."""
         rows = query.shape[2]
         self._keep(index, "q_norm", query[0].float().norm(dim=-1))  # [H, T]
         self._keep(index, "k_norm", key[0, :, -rows:].float().norm(dim=-1))  # [G, T]
         self._keep(index, "v_norm", value[0, :, -rows:].float().norm(dim=-1))  # [G, T]
         self._keep(index, "attn_probs", weights[0])  # [H, T, keys]
+        if scores is None:
+            return
         groups = query.shape[1] // key.shape[1]
         keys = key.float().repeat_interleave(groups, dim=1)  # [B, H, keys, d_head]
         logits = scores(query.float(), keys)
@@ -192,16 +194,13 @@ class Recorder:
                 return logits
 
             weights = output[1]
-            if weights is not None and key.shape[2] == weights.shape[-1]:  # no cache before
-                self.on_attention(
-                    index, query, key, value, weights, seen.get("attention_mask"), scores
-                )
-            else:  # a cached step: the split holds only the new key; norms are still exact
-                rows = query.shape[2]
-                self._keep(index, "q_norm", query[0].float().norm(dim=-1))
-                self._keep(index, "k_norm", key[0, :, -rows:].float().norm(dim=-1))
-                self._keep(index, "v_norm", value[0, :, -rows:].float().norm(dim=-1))
-                self._keep(index, "attn_probs", weights[0])
+            # On a cached step the split holds only the new key, so the scores cannot be
+            # recomputed here; the norms are still exact.
+            whole = key.shape[2] == weights.shape[-1]
+            self.on_attention(
+                index, query, key, value, weights, seen.get("attention_mask"),
+                scores if whole else None,
+            )  # fmt: skip
 
         setattr(attention, family.qkv, recording_split)  # shadows the method on this instance
         self.undo.append(lambda: delattr(attention, family.qkv))
