@@ -49,7 +49,8 @@ Hugging Face hub (not tested here: no hub is reachable from the test machines).
 Captured for every family: the residual stream into and out of every block, what attention
 and the MLP write to it (with the family's multipliers and post-norms), per-head norms of
 the queries and keys that enter the scores (after q/k norms and rotary) and of the values, and
-attention probabilities, at every position of the prompt and of the greedy steps.
+attention probabilities, at every position of the prompt and of the greedy steps (traced
+with `--attention full`, so the gate compares every row and key).
 
 """
 COLUMNS = ("case", "architecture", "covers", "example ids", "overrides", "lens", "block",

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tracegen import load_trace
+from tracegen.policy import HEAD_SCORES
 from tracegen.store import HALF_PRECISION, LAYER_TENSORS
 
 from .conftest import COMMITTED_TRACE
@@ -41,14 +42,12 @@ def test_tokens_and_top1_identical(committed, fresh):
 def _tolerance(name: str, reference: np.ndarray) -> dict[str, float]:
     """float16 keeps 11 significant bits: allow two units in the last place at the tensor's
     own scale. float32 quantities allow for a different CPU's summation order."""
-    if name in HALF_PRECISION or name == "attn_probs":
+    if name in HALF_PRECISION:
         return {"rtol": 2**-9, "atol": 2**-9 * float(np.abs(reference).max())}
     return {"rtol": 1e-3, "atol": 1e-4 * max(1.0, float(np.abs(reference).max()))}
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in LAYER_TENSORS if n != "attn_probs_tril"] + ["attn_probs"]
-)
+@pytest.mark.parametrize("name", [*LAYER_TENSORS, "attn_rows"])
 def test_layer_tensors_within_stored_precision(committed, fresh, name):
     for index in range(committed.n_layers):
         reference = committed.layer(index, name)
@@ -70,6 +69,7 @@ def test_derived_tensors_within_stored_precision(committed, fresh):
         "attribution",
         "final_logit",
         "flops",
+        *HEAD_SCORES,
     ):
         reference = committed.derived(name)
         np.testing.assert_allclose(

@@ -31,7 +31,10 @@ def traces(tiny_model_dir, tmp_path_factory):
     def trace(name: str) -> Path:
         if name not in made:
             out = tmp_path_factory.mktemp(f"family-{name}") / name
-            made[name] = run(str(tiny_model_dir(name)), out=out, steps=3, quiet=True)
+            # Every row kept, so the gate's attention check covers every row and key.
+            made[name] = run(
+                str(tiny_model_dir(name)), out=out, steps=3, quiet=True, attention="full"
+            )
         return made[name]
 
     return trace

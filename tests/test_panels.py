@@ -21,6 +21,8 @@ import pytest
 
 from tracegen.store import Trace, load_trace, pack_tril, write_trace
 
+from .head_score_reference import reference_head_scores
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_TRACE = REPO / "traces" / "smollm2-135m-instruct"
 PANEL_KEYS = ["intro", *(f"p{i}" for i in range(1, 11))]
@@ -125,7 +127,7 @@ def write_synthetic_trace(
     derived["flops"] = np.array([per_layer] * n_layers, dtype=np.float64)
     derived["layer_seconds"] = rng.uniform(1e-4, 3e-4, n_layers)
 
-    layers = []
+    layers, attention = [], []
     resid = rng.normal(0, 1, (n, d_model))
     for layer in range(n_layers):
         scores = rng.normal(0, 1, (n_heads, n, n))
@@ -140,6 +142,7 @@ def write_synthetic_trace(
             scores[3, :, n_prompt - 30 :] += 3  # the end of the prompt
         scores = np.where(np.tril(np.ones((n, n), bool)), scores, -np.inf)
         attn = _softmax(scores)
+        attention.append(attn)
         attn_out = rng.normal(0, 0.5, (n, d_model))
         mlp_out = rng.normal(0, 0.5 + layer, (n, d_model))
         out = resid + attn_out + mlp_out
@@ -156,6 +159,7 @@ def write_synthetic_trace(
             }
         )
         resid = out
+    derived.update(reference_head_scores(attention, ids, n_prompt))
 
     n_params = 2 * v * d_model + n_layers * 12 * d_model**2
     manifest: dict[str, Any] = {
@@ -185,6 +189,8 @@ def write_synthetic_trace(
             "stop_reason": "reached 5 steps",
         },
         "n_positions": n,
+        "attention": {"policy": "full"},
+        "activations": {"policy": "all"},
         "derived": {
             "top_k": top_k,
             "watched": [{"text": t, "id": token_id[t]} for t in WATCHED],
@@ -710,9 +716,7 @@ def test_degenerate_trace_does_not_crash(tmp_path):
     n = base.n_positions
     layers = []
     for index in range(base.n_layers):
-        layer = {
-            name: base.layer(index, name) for name in LAYER_TENSORS if name != "attn_probs_tril"
-        }
+        layer = {name: base.layer(index, name) for name in LAYER_TENSORS}
         uniform = np.tril(np.ones((1, n, n))) / np.arange(1, n + 1)[None, :, None]
         layers.append({**layer, "attn_probs_tril": pack_tril(uniform)})
     trace = write_trace(tmp_path / "degenerate", manifest, layers, derived, force=True)
@@ -723,12 +727,12 @@ def test_degenerate_trace_does_not_crash(tmp_path):
 
 @pytest.mark.parametrize("name", ["lens_entropy", "lens_kl", "attribution"])
 def test_writer_refuses_nan_in_derived(tmp_path, synthetic, name):
-    from tracegen.store import DERIVED_TENSORS, LAYER_TENSORS, TraceError
+    from tracegen.store import DERIVED_TENSORS, TraceError
 
     derived = {key: synthetic.derived(key) for key in (*DERIVED_TENSORS, "layer_seconds")}
     derived[name] = np.full_like(derived[name], np.nan)
     layers = [
-        {key: store_read(synthetic, index, key) for key in LAYER_TENSORS}
+        {key: store_read(synthetic, index, key) for key in synthetic.layer_tensors}
         for index in range(synthetic.n_layers)
     ]
     with pytest.raises(TraceError, match=f"{name}: nan at .* is not finite"):

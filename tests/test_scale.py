@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from tracegen import load_trace
-from tracegen.store import LAYER_TENSORS
 
 torch = pytest.importorskip("torch", reason="tracing needs the trace extra: pip install '.[trace]'")
 pytestmark = pytest.mark.model
@@ -31,7 +30,7 @@ def test_disk_offload_traces_like_the_whole_model(tiny_model_dir, tmp_path):
     assert split.manifest["gate"]["passed"] is True
     assert split.token_ids == whole.token_ids and split.generated_ids == whole.generated_ids
     for index in range(whole.n_layers):
-        for name in LAYER_TENSORS:
+        for name in whole.layer_tensors:
             np.testing.assert_array_equal(
                 split.layer(index, name), whole.layer(index, name), err_msg=f"{index} {name}"
             )

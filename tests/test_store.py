@@ -19,7 +19,7 @@ def test_site_path_never_imports_torch():
     code = (
         "import sys, tracegen, tracegen.panels, tracegen.mkdocs_plugin;"
         f"t = tracegen.load_trace({str(COMMITTED_TRACE)!r});"
-        "t.layer(0, 'attn_probs'); t.derived('lens_kl');"
+        "t.attention_row(0, t.n_prompt - 1); t.derived('lens_kl');"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -47,8 +47,10 @@ def test_committed_trace_loads_lazily():
     # Opening reads and checks the derived values; layer tensors are read on first use.
     assert "_derived" in trace.__dict__
     assert trace.model.n_layers == len(trace.files()) - 3  # + manifest, derived, timings
-    probs = trace.layer(5, "attn_probs")
-    assert probs.dtype == np.float32 and probs.shape[1] == probs.shape[2] == trace.n_positions
+    rows = trace.layer(5, "attn_rows")
+    assert rows.dtype == np.float32
+    assert rows.shape == (trace.model.n_heads, len(trace.attention_rows), trace.n_positions)
+    assert trace.n_prompt - 1 in trace.attention_rows
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from tracegen import load_trace
 from tracegen.store import DERIVED_TENSORS, LAYER_TENSORS
 
 from .conftest import FAMILIES
+from .head_score_reference import reference_head_scores
 
 torch = pytest.importorskip("torch", reason="tracing needs the trace extra: pip install '.[trace]'")
 pytestmark = pytest.mark.model
@@ -17,12 +18,17 @@ STEPS = 3
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def traced(request, tiny_model_dir, tmp_path_factory):
-    """(trace, model folder) for one family, traced with three greedy steps."""
+    """(trace, model folder) for one family, traced with three greedy steps, every row of
+    attention and every position's activations kept (the other layouts:
+    tests/test_attention_policy.py)."""
     from tracegen.runner import run
 
     folder = tiny_model_dir(request.param)
     out = tmp_path_factory.mktemp(f"trace-{request.param}") / request.param
-    return load_trace(run(str(folder), out=out, steps=STEPS, quiet=True)), folder
+    traced = run(
+        str(folder), out=out, steps=STEPS, quiet=True, attention="full", activations="all"
+    )
+    return load_trace(traced), folder
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +60,6 @@ def test_shapes(traced):
     assert len(trace.generated_ids) == STEPS
     assert trace.token_ids[trace.n_prompt :] == trace.generated_ids[:-1]
     for name in LAYER_TENSORS:
-        if name == "attn_probs_tril":
-            continue
         width = card.n_kv_heads if name in ("k_norm", "v_norm") else card.n_heads
         expected = (
             (n, card.d_model) if name.startswith(("resid", "attn_out", "mlp")) else (width, n)
@@ -84,6 +88,16 @@ def test_attention_matches_a_pass_without_the_cache(traced, full_pass):
         np.testing.assert_allclose(
             trace.layer(index, "attn_probs"), expected, atol=2e-3, err_msg=f"layer {index}"
         )
+
+
+def test_head_scores_match_the_whole_matrices(traced, full_pass):
+    """The scores measured at trace time from listed induction pairs equal the plain
+    computation from the model's own N x N matrices and an N x N mask."""
+    trace, _ = traced
+    expected = reference_head_scores(full_pass[2], trace.token_ids, trace.n_prompt)
+    for name, values in expected.items():
+        np.testing.assert_allclose(trace.derived(name), values, atol=1e-5, err_msg=name)
+    assert expected["head_induction"].max() > 0  # the prompt repeats: there are targets
 
 
 def test_residual_decomposes(traced):

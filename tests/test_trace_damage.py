@@ -282,7 +282,7 @@ def test_missing_file(trace: Path, name: str) -> None:
     assert_one_line(caught.value, name, "missing")
 
 
-@pytest.mark.parametrize("keep", [0, 7, 8, 100, 600_000, -1], ids=lambda k: f"keep{k}")
+@pytest.mark.parametrize("keep", [0, 7, 8, 100, 60_000, -1], ids=lambda k: f"keep{k}")
 @pytest.mark.parametrize("name", ["layer_003.safetensors", "derived.safetensors"])
 def test_truncated_file(trace: Path, name: str, keep: int) -> None:
     path = own_copy(trace / name)
@@ -397,7 +397,7 @@ def test_derived_out_of_range(trace: Path, tensor: str, value: float, needle: st
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf], ids=["nan", "inf"])
-@pytest.mark.parametrize("tensor", ["resid_in", "attn_probs_tril", "q_norm"])
+@pytest.mark.parametrize("tensor", ["resid_in", "attn_rows", "q_norm"])
 def test_layer_not_finite_fails_where_read(trace: Path, tensor: str, value: float) -> None:
     """Layer data is read lazily (the site reads every layer; `info` none): the damage fails
     the first read, with the same one line."""
@@ -405,9 +405,8 @@ def test_layer_not_finite_fails_where_read(trace: Path, tensor: str, value: floa
         trace, "layer_009.safetensors", tensor, lambda a: a.reshape(-1).__setitem__(5, value)
     )
     opened = load_trace(trace)
-    name = "attn_probs" if tensor == "attn_probs_tril" else tensor
     with pytest.raises(TraceError) as caught:
-        opened.stack(name)
+        opened.stack(tensor)
     assert_one_line(caught.value, "layer_009.safetensors", tensor, "not finite")
 
 

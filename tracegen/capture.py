@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from .families import Adapter, FamilyError
+from .keep import AttentionKeeper, head_scores, kept_error
+from .policy import DEFAULT_POLICY, AttentionPolicy, parse_policy
 
 RESIDUAL_NAMES = ("resid_in", "resid_out", "attn_out", "mlp_out")
 QKV_NAMES = ("q_norm", "k_norm", "v_norm")
@@ -38,8 +40,12 @@ class Capture:
     input_ids: list[int]  # the N traced positions
     generated_ids: list[int]
     stop_reason: str
-    # resid_* [N, D] float32, *_norm [heads, N] float32, attn_probs_tril [H, N(N+1)/2] float16
+    # resid_* [N, D] float32, *_norm [heads, N] float32, and the attention tensors of the
+    # policy's layout (tracegen.policy) in float16
     layers: list[dict[str, torch.Tensor]]
+    policy: AttentionPolicy
+    attention_rows: list[int] | None  # rows:R: the positions whose rows are kept
+    head_scores: torch.Tensor  # [L, 3, H] float32, policy.HEAD_SCORES over the prompt
     layer_seconds: list[float]  # per block, from the recorded prompt pass
     score_errors: list[float]  # per block: recomputed q·k softmax vs the weights the layer used
     determinism_max_abs_diff: float
@@ -84,8 +90,10 @@ def register_attention() -> None:
 class Recorder:
     """For one pass: what each block reads and writes, and what its attention computes."""
 
-    def __init__(self, adapter: Adapter):
+    def __init__(self, adapter: Adapter, keeper: AttentionKeeper, first_position: int):
         self.adapter = adapter
+        self.keeper = keeper
+        self.first_position = first_position
         self.records: list[dict[str, torch.Tensor]] = [{} for _ in adapter.blocks]
         self.score_errors = [0.0] * len(adapter.blocks)
         self.handles: list = []
@@ -107,20 +115,18 @@ class Recorder:
             undo()
 
     def _keep(self, index: int, name: str, tensor: torch.Tensor) -> None:
-        # clone: Falcon adds attention into the MLP's output tensor in place. Attention is
-        # kept in float16, the dtype the trace stores it in: it is the one record that grows
-        # with the square of the prompt.
-        dtype = torch.float16 if name == "attn_probs" else torch.float32
-        self.records[index][name] = tensor.detach().to("cpu", dtype, copy=True)
+        # clone: Falcon adds attention into the MLP's output tensor in place.
+        self.records[index][name] = tensor.detach().to("cpu", torch.float32, copy=True)
 
     def on_attention(self, index, query, key, value, weights, mask, scores) -> None:
-        """Per-head norms of what enters the scores, the probabilities, and (unless `scores`
-        is None) a check that the probabilities follow from these very queries and keys."""
+        """Per-head norms of what enters the scores, what the policy keeps of the
+        probabilities, and (unless `scores` is None) a check that the probabilities follow
+        from these very queries and keys."""
         rows = query.shape[2]
         self._keep(index, "q_norm", query[0].float().norm(dim=-1))  # [H, T]
         self._keep(index, "k_norm", key[0, :, -rows:].float().norm(dim=-1))  # [G, T]
         self._keep(index, "v_norm", value[0, :, -rows:].float().norm(dim=-1))  # [G, T]
-        self._keep(index, "attn_probs", weights[0])  # [H, T, keys]
+        self.keeper.take(index, self.first_position, weights[0].detach())  # [H, T, keys]
         if scores is None:
             return
         groups = query.shape[1] // key.shape[1]
@@ -283,6 +289,7 @@ class Reference:
     logits: torch.Tensor  # [N, V] float32, the model's dtype rounded
     attention_errors: list[float]  # per block: max |recorded - own| probability
     row_sum_errors: list[float]  # per block: max |sum of a row of the model's own - 1|
+    head_score_errors: list[float]  # per block: max |recorded - recomputed| head score
 
 
 class Tracer:
@@ -296,9 +303,19 @@ class Tracer:
     reference = tracer.reference_pass(capture)  # stock attention, no cache: for the gate
     """
 
-    def __init__(self, model, tokenizer, adapter: Adapter, prompt_ids: list[int]):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        adapter: Adapter,
+        prompt_ids: list[int],
+        policy: AttentionPolicy | None = None,
+    ):
         self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
         self.prompt_ids = list(prompt_ids)
+        self.policy = policy or parse_policy(DEFAULT_POLICY)
+        self.keeper = AttentionKeeper(self.policy, len(adapter.blocks), self.prompt_ids)
+        self.fed = 0  # positions recorded so far
         self.device = input_device(model)
         self.inline = adapter.family.qkv != "interface"
         self.records: list[list[dict[str, torch.Tensor]]] = []  # per pass, per block
@@ -319,10 +336,12 @@ class Tracer:
 
     def _recorded_pass(self, input_ids: list[int], **kwargs) -> None:
         ids = torch.tensor([input_ids], device=self.device)
-        with torch.inference_mode(), Recorder(self.adapter) as recorder:
+        passes = len(self.records) + 1
+        with torch.inference_mode(), Recorder(self.adapter, self.keeper, self.fed) as recorder:
             self.grad_enabled = torch.is_grad_enabled()
             outputs = self._forward(ids, **kwargs)
-        missing = [i for i, record in enumerate(recorder.records) if "attn_probs" not in record]
+        self.fed += len(input_ids)
+        missing = [i for i in range(len(recorder.records)) if self.keeper.seen(i) < passes]
         if missing:
             raise FamilyError(
                 f"cannot trace {type(self.model).__name__}: layer {missing[0]}'s attention did not "
@@ -389,22 +408,31 @@ class Tracer:
         self.layer_seconds = [
             statistics.median(times) for times in zip(*seconds_per_repeat, strict=True)
         ]
+        self.logits = [logits[-1:] for logits in self.logits]  # [N, V] no longer needed
 
     def reference_pass(self, capture: Capture) -> Reference:
         """All traced positions at once, without the cache, through stock eager attention.
 
-        Each layer's attention is compared with the recorded one as the layer returns it and
-        then dropped, so the pass holds one layer's probabilities at a time, as the model does.
+        Each layer's attention is compared with what the trace keeps of it, and its head
+        scores recomputed, as the layer returns it; then it is dropped, so the pass holds one
+        layer's probabilities at a time, as the model does.
         """
-        attention_errors = [float("nan")] * len(self.adapter.blocks)
-        row_sum_errors = [float("nan")] * len(self.adapter.blocks)
+        n_layers = len(self.adapter.blocks)
+        attention_errors = [float("nan")] * n_layers
+        row_sum_errors = [float("nan")] * n_layers
+        head_score_errors = [float("nan")] * n_layers
+        n_prompt = len(self.prompt_ids)
 
         def compare(index: int) -> Callable:
             def hook(module, args, output):
                 own = output[1][0].to("cpu", torch.float32)  # [H, N, N]
-                recorded = unpack_attention(capture.layers[index]["attn_probs_tril"], len(own[0]))
-                attention_errors[index] = float((recorded - own).abs().max())
+                attention_errors[index] = kept_error(
+                    capture.policy, capture.layers[index], own, capture.attention_rows
+                )
                 row_sum_errors[index] = float((own.sum(-1) - 1.0).abs().max())
+                scores = head_scores(own[:, :n_prompt, :n_prompt], self.keeper.pairs)
+                recorded = capture.head_scores[index]
+                head_score_errors[index] = float((scores - recorded).abs().max())
 
             return hook
 
@@ -413,7 +441,7 @@ class Tracer:
         ids = torch.tensor([capture.input_ids], device=self.device)
         handles = [
             self.adapter.attention(index).register_forward_hook(compare(index))
-            for index in range(len(self.adapter.blocks))
+            for index in range(n_layers)
         ]
         try:
             with torch.inference_mode():
@@ -429,6 +457,7 @@ class Tracer:
             logits=outputs.logits[0].to("cpu", torch.float32),
             attention_errors=attention_errors,
             row_sum_errors=row_sum_errors,
+            head_score_errors=head_score_errors,
         )
 
     def result(self) -> Capture:
@@ -439,19 +468,22 @@ class Tracer:
             layer = {name: torch.cat([r[name] for r in per_pass], dim=0) for name in RESIDUAL_NAMES}
             for name in QKV_NAMES:
                 layer[name] = torch.cat([r[name] for r in per_pass], dim=1)
-            attention = [r.pop("attn_probs") for r in per_pass]  # freed as it is packed
-            layer["attn_probs_tril"] = _packed_attention(attention, n_positions)
+            layer.update(self.keeper.tensors(index, n_positions))
             layers.append(layer)
         dropout_training = sum(
             1
             for module in self.model.modules()
             if "Dropout" in type(module).__name__ and module.training
         )
+        rows = self.policy.rows(len(self.prompt_ids), n_positions)
         return Capture(
             input_ids=self.prompt_ids + self.generated[: len(self.records) - 1],
             generated_ids=self.generated,
             stop_reason=self.stop_reason,
             layers=layers,
+            policy=self.policy,
+            attention_rows=rows if self.policy.kind == "rows" else None,
+            head_scores=self.keeper.head_scores(),
             layer_seconds=self.layer_seconds,
             score_errors=self.score_errors,
             determinism_max_abs_diff=self.max_diff,
@@ -459,42 +491,6 @@ class Tracer:
             dropout_modules_training=dropout_training,
             eval_mode=not self.model.training,
         )
-
-
-def _packed_attention(per_pass: list[torch.Tensor], n_positions: int) -> torch.Tensor:
-    """Rows of each pass ([H, rows, keys]) as the causal lower triangle the trace stores:
-    [H, N(N+1)/2] float16, row by row in numpy.tril_indices order, never the N x N square.
-
-    A pass's keys end at its own last position. Usually they start at 0; a sliding-window
-    cache (Mistral, Gemma 2/3) keeps only the most recent keys, which is why the rows are
-    aligned at their end.
-    """
-    heads = per_pass[0].shape[0]
-    packed = torch.zeros(heads, n_positions * (n_positions + 1) // 2, dtype=torch.float16)
-    row = 0
-    for probs in per_pass:
-        rows, keys = probs.shape[1], probs.shape[2]
-        end = row + rows
-        if row == 0 and keys == rows:  # the prompt pass: its whole lower triangle at once
-            below = torch.tril_indices(rows, rows)
-            packed[:, : rows * (rows + 1) // 2] = probs[:, below[0], below[1]]
-        else:
-            first_key = end - keys
-            for offset in range(rows):
-                position = row + offset
-                start = position * (position + 1) // 2
-                seen = probs[:, offset, : position + 1 - first_key]
-                packed[:, start + first_key : start + position + 1] = seen
-        row = end
-    return packed
-
-
-def unpack_attention(packed: torch.Tensor, n_positions: int) -> torch.Tensor:
-    """[H, N(N+1)/2] -> [H, N, N] float32, zero above the diagonal."""
-    full = torch.zeros(packed.shape[0], n_positions, n_positions)
-    below = torch.tril_indices(n_positions, n_positions)
-    full[:, below[0], below[1]] = packed.float()
-    return full
 
 
 def _eos_ids(tokenizer, model) -> set[int]:

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from .policy import DEFAULT_ACTIVATIONS, DEFAULT_POLICY, PolicyError
 from .progress import end_progress_bars
 from .store import TraceError, load_trace
 from .text import terminal_text
@@ -60,6 +61,23 @@ def _parser() -> argparse.ArgumentParser:
         help="with --device-map: where layers that fit nowhere else are kept on disk",
     )
     run.add_argument(
+        "--attention",
+        default=DEFAULT_POLICY,
+        metavar="POLICY",
+        help="what of each layer's attention to keep: 'full' (every row; grows with the "
+        "square of the prompt), 'rows:R' (whole rows of the last R positions and the "
+        "prompt's end, what the site reads) or 'topk:K' (each row's K largest weights and "
+        f"the sum of the rest); default {DEFAULT_POLICY}",
+    )
+    run.add_argument(
+        "--activations",
+        default=DEFAULT_ACTIVATIONS,
+        metavar="POLICY",
+        help="where to keep each block's residual stream and writes: 'all' (every position; "
+        "138 kB a position for the default model) or 'rows:R' (the positions --attention "
+        f"rows:R names, what the site reads); default {DEFAULT_ACTIVATIONS}",
+    )
+    run.add_argument(
         "--no-cache",
         action="store_true",
         help="de-quantise a GGUF file again instead of reading its weights from the cache "
@@ -73,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--prompt-file", type=Path, default=None)
     plan.add_argument("--steps", type=int, default=16, help="greedy steps to allow for")
     plan.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    plan.add_argument("--attention", default=DEFAULT_POLICY, metavar="POLICY", help="as for run")
+    plan.add_argument(
+        "--activations", default=DEFAULT_ACTIVATIONS, metavar="POLICY", help="as for run"
+    )
 
     info = commands.add_parser("info", help="summarise a trace folder")
     info.add_argument("path", type=Path)
@@ -101,6 +123,7 @@ def info_text(path: Path, top: int = 5) -> str:
         f"tokens     {trace.n_prompt} prompt + {len(trace.generated_ids)} generated "
         f"({trace.n_positions} traced positions)",
         f"generated  {''.join(trace.generated_strings)!r}",
+        f"attention  {attention_text(trace)}",
         "",
     ]
     for step in range(len(trace.generated_ids)):
@@ -112,6 +135,18 @@ def info_text(path: Path, top: int = 5) -> str:
             token = vocab.get(int(ids[position, rank]), f"#{int(ids[position, rank])}")
             lines.append(f"  {rank + 1}. {token!r:<18} {probs[position, rank]:.4f}")
     return "\n".join(lines + gate_lines(trace.manifest.get("gate")))
+
+
+def attention_text(trace) -> str:
+    """What of the attention the trace keeps (tracegen.policy), in words."""
+    from .store import shown_positions
+
+    policy = trace.attention_policy
+    if policy == "full":
+        return "full: every row"
+    if policy.startswith("rows:"):
+        return f"{policy}: whole rows of positions {shown_positions(trace.attention_rows)}"
+    return f"{policy}: each row's {policy[5:]} largest weights and the sum of the rest"
 
 
 def gate_lines(gate: dict | None) -> list[str]:
@@ -146,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 n_prompt = prompt_tokens(args.model, args.prompt_file or BUNDLED_PROMPT)
-                print(plan_text(plan(args.model, n_prompt, args.steps, args.dtype)))
-            except (ModelError, RunError, OSError) as error:
+                result = plan(
+                    args.model, n_prompt, args.steps, args.dtype,
+                    attention=args.attention, activations=args.activations,
+                )  # fmt: skip
+                print(plan_text(result))
+            except (ModelError, RunError, OSError, PolicyError) as error:
                 raise TraceError(str(error)) from None
             return 0
         try:
@@ -164,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 device_map=args.device_map,
                 max_memory=args.max_memory,
                 offload_folder=args.offload_folder,
+                attention=args.attention,
+                activations=args.activations,
             )
         except (ModelError, RunError, GateError) as error:
             raise TraceError(str(error)) from None

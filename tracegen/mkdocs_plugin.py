@@ -625,7 +625,10 @@ GATE_CHECKS = {
     "lens_logprobs": "logit lens at the last depth vs the model's own log-probabilities",
     "block_identity": "resid_out = resid_in + attn_out + mlp_out, relative to |resid_out|",
     "residual_chain": "resid_in of each block = resid_out of the block before",
-    "attention": "recorded attention vs the model's own, every layer, head, row and key",
+    "attention": "what the trace keeps of the attention (all of it, whole rows or each row's "
+    "top keys, as the trace's attention policy says) vs the model's own, every layer and head",
+    "head_scores": "first-token, previous-token and induction scores vs the same scores of "
+    "the model's own attention",
     "qk_scores": "softmax of the recorded queries and keys vs the layer's probabilities",
     "attribution_sum": "direct logit attribution parts sum to the logit",
 }

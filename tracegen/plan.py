@@ -15,6 +15,14 @@ import torch
 
 from . import models, store
 from .families import Adapter, family_of, get_module, text_config
+from .policy import (
+    DEFAULT_ACTIVATIONS,
+    DEFAULT_POLICY,
+    HEAD_SCORES,
+    AttentionPolicy,
+    parse_activations,
+    parse_policy,
+)
 from .text import fmt_file_size
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -50,7 +58,8 @@ def matmul_flops_per_second() -> float:
 
 def plan(
     spec: str | None, n_prompt: int, steps: int = 16, dtype: str = "float32", top_k: int = 10,
-    n_watched: int = 8,
+    n_watched: int = 8, attention: str = DEFAULT_POLICY,
+    activations: str = DEFAULT_ACTIVATIONS,
 ) -> Plan:  # fmt: skip
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -74,15 +83,21 @@ def plan(
     n_params = sum(parameter.numel() for parameter in model.parameters())
 
     # The schema's shapes, in their stored dtypes (float16 residuals and attention).
-    per_layer = 4 * n * d_model * 2 + heads * n * (n + 1) // 2 * 2 + (heads + 2 * kv_heads) * n * 4
+    kept = attention_bytes(parse_policy(attention), heads, n_prompt, n)
+    positions = parse_activations(activations)
+    stored = n if positions.kind == "all" else len(positions.rows(n_prompt, n))
+    per_layer = 4 * stored * d_model * 2 + kept + (heads + 2 * kv_heads) * n * 4
     components = 1 + ATTRIBUTION_PER_LAYER * n_layers + 2
     derived = (n_layers + 1) * n * (top_k * 8 + 4 * 4 + n_watched * 4) + n * (components + 1) * 4
+    derived += len(HEAD_SCORES) * n_layers * heads * 4
     manifest = 200 * n + 8_000  # token lists and strings, the vocabulary excerpt: measured
     trace_bytes = n_layers * per_layer + derived + manifest
 
     # GGUF weights are de-quantised to float32 whatever the file holds.
     weights = n_params * (4 if resolved.gguf_file else BYTES[dtype])
-    recorded = n_layers * (heads * n * n * 4 + 4 * n * d_model * 4)  # float32 until written
+    # Activations stay float32 until written (the lens and the gate read them); attention is
+    # reduced to what the trace keeps as each layer computes it.
+    recorded = n_layers * (kept + 4 * n * d_model * 4)
     lens = 4 * n * vocab * 4  # logits, their exponentials, the final distribution, temporaries
     head = (vocab + 2) * d_model * 4  # the float32 CPU copy of the unembedding that derive uses
     runtime = 400 * 2**20  # Python, torch, transformers and the tokenizer, measured idle
@@ -99,6 +114,15 @@ def plan(
     sizes = (int(trace_bytes), int(weights), int(peak))
     return Plan(type(model).__name__, n_params, n_layers, heads, d_model, vocab, n, *sizes,
                 forward, lens_flops, seconds)  # fmt: skip
+
+
+def attention_bytes(policy: AttentionPolicy, heads: int, n_prompt: int, n: int) -> int:
+    """One layer's stored attention under a policy (tracegen.policy), in bytes."""
+    if policy.kind == "full":
+        return heads * n * (n + 1) // 2 * 2
+    if policy.kind == "rows":
+        return heads * len(policy.rows(n_prompt, n)) * n * 2
+    return heads * n * (policy.count * (2 + 4) + 2)  # float16 weight, int32 key; the rest
 
 
 def plan_text(result: Plan) -> str:

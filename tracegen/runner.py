@@ -20,9 +20,19 @@ import numpy as np
 
 from . import progress, store
 from .models import ModelError
+from .policy import (
+    DEFAULT_ACTIVATIONS,
+    DEFAULT_POLICY,
+    HEAD_SCORES,
+    AttentionPolicy,
+    PolicyError,
+    parse_activations,
+    parse_policy,
+)
 
 DEFAULT_WATCHED = (" two", " four", " one", " three", " no", " zero", " none", " foot")
 DEFAULT_TOP_K = 10
+LONG_PASS_SECONDS = 10.0  # a recorded prompt pass this long is timed once, not three times
 BUNDLED_PROMPT = Path(__file__).with_name("prompt.txt")
 
 
@@ -120,10 +130,17 @@ def run(
     device_map: str | None = None,
     max_memory: str | None = None,
     offload_folder: Path | None = None,
+    attention: str = DEFAULT_POLICY,
+    activations: str = DEFAULT_ACTIVATIONS,
 ) -> Path:
     """Trace a model on a prompt, check the trace against the model, write the folder."""
     from . import models
 
+    try:
+        policy = parse_policy(attention)
+        kept_activations = parse_activations(activations)
+    except PolicyError as error:
+        raise RunError(str(error)) from None
     stages = Stages(quiet)
     if quiet:
         progress.quiet_libraries()
@@ -142,7 +159,7 @@ def run(
     }
     loaded = load_stage(stages, resolved, dtype, device, cache, placement)
     tokens = tokenize_stage(loaded, prompt, steps, watched)
-    traced, reference = forward_stage(stages, loaded, tokens, steps, quiet)
+    traced, reference = forward_stage(stages, loaded, tokens, steps, quiet, policy)
     derived = derive_stage(stages, loaded, traced, tokens, top_k, quiet)
     with stages.stage("gate", "the trace against the model's own outputs"):
         from . import verify
@@ -174,6 +191,7 @@ def run(
         steps,
         top_k,
         stages,
+        kept_activations,
     )
     return save_stage(stages, out_dir, manifest, traced, derived, force, quiet)
 
@@ -221,15 +239,24 @@ def tokenize_stage(
     return Tokens(prompt_ids, watched_ids, max_context)
 
 
-def forward_stage(stages: Stages, loaded: Loaded, tokens: Tokens, steps: int | None, quiet: bool):
+def forward_stage(
+    stages: Stages,
+    loaded: Loaded,
+    tokens: Tokens,
+    steps: int | None,
+    quiet: bool,
+    policy: AttentionPolicy,
+):
     """The recorded prompt pass, the greedy steps, one clock-only pass, and the reference."""
     from tqdm import tqdm
 
     from . import capture
 
-    tracer = capture.Tracer(loaded.model, loaded.tokenizer, loaded.adapter, tokens.prompt_ids)
+    tracer = capture.Tracer(
+        loaded.model, loaded.tokenizer, loaded.adapter, tokens.prompt_ids, policy
+    )
     layers_text = f"{len(tokens.prompt_ids)} prompt tokens through {len(loaded.adapter.blocks)}"
-    with stages.stage("forward", f"{layers_text} layers"):
+    with stages.stage("forward", f"{layers_text} layers, attention kept as {policy}"):
         tracer.prompt_pass()
     with stages.stage("steps", "greedy, with the KV cache"):
         bar = tqdm(total=steps or 16, desc="greedy steps", disable=quiet, leave=False)
@@ -243,8 +270,11 @@ def forward_stage(stages: Stages, loaded: Loaded, tokens: Tokens, steps: int | N
         tracer.greedy_steps(steps, on_step=on_step)
         bar.close()
         stages.say(f"[steps] {len(shown)} generated: {''.join(shown)!r} ({tracer.stop_reason})")
-    with stages.stage("timing", "the prompt pass again, three times, clock only"):
-        tracer.time_prompt_pass()
+    # A pass of many seconds times each block steadily in one go; three of them would add
+    # minutes to a long prompt's run (bench/scale.py).
+    repeats = 3 if stages.seconds["forward"] < LONG_PASS_SECONDS else 1
+    with stages.stage("timing", f"the prompt pass again, {repeats}x, clock only"):
+        tracer.time_prompt_pass(repeats)
     traced = tracer.result()
     with stages.stage("reference", "all positions, no cache, the model's own attention"):
         reference = tracer.reference_pass(traced)
@@ -271,7 +301,14 @@ def derive_stage(
     with stages.stage("attribution", "direct logit attribution, FLOPs"):
         attribution, final_logit = derive.direct_logit_attribution(adapter, traced)
         flops = derive.flops_per_layer(adapter, len(tokens.prompt_ids))
-    return {**lens, "attribution": attribution, "final_logit": final_logit, "flops": flops}
+    scores = {name: traced.head_scores[:, i] for i, name in enumerate(HEAD_SCORES)}  # [L, H]
+    return {
+        **lens,
+        **scores,
+        "attribution": attribution,
+        "final_logit": final_logit,
+        "flops": flops,
+    }
 
 
 def build_manifest(
@@ -287,6 +324,7 @@ def build_manifest(
     steps: int | None,
     top_k: int,
     stages: Stages,
+    activations: AttentionPolicy,
 ) -> dict[str, Any]:
     import torch
 
@@ -361,6 +399,18 @@ def build_manifest(
             "stop_reason": traced.stop_reason,
         },
         "n_positions": len(traced.input_ids),
+        "attention": {
+            "policy": str(traced.policy),
+            **({"rows": traced.attention_rows} if traced.attention_rows is not None else {}),
+        },
+        "activations": {
+            "policy": str(activations),
+            **(
+                {"rows": activations.rows(len(prompt_ids), len(traced.input_ids))}
+                if activations.kind == "rows"
+                else {}
+            ),
+        },
         "vocabulary": vocabulary,
         "run": {
             "device": device,
@@ -407,8 +457,17 @@ def save_stage(
 
     from . import derive
 
-    # Attention is already packed as stored: capture keeps it as its lower triangle.
-    layers = [derive.as_numpy(layer) for layer in traced.layers]
+    # Attention is already in its stored layout: capture keeps only what the policy keeps.
+    # Activations were kept at every position for the lens and the gate; --activations
+    # rows:R stores the rows it names.
+    kept = manifest["activations"].get("rows")
+    layers = [
+        {
+            name: tensor[kept] if kept is not None and name in store.ACTIVATIONS else tensor
+            for name, tensor in derive.as_numpy(layer).items()
+        }
+        for layer in traced.layers
+    ]
     arrays = derive.as_numpy({k: v for k, v in derived.items() if k != "flops"})
     arrays.update(
         flops=np.asarray(derived["flops"], dtype=np.float64),

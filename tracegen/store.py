@@ -4,8 +4,9 @@ A trace is a folder:
 
     manifest.json              model card, tokenizer, prompt, tokens, provenance, and the
                                sha256 of every tensor file (JSON)
-    layer_000.safetensors ...  one file per transformer block, tensors over all traced positions
-    derived.safetensors        logit lens, watched tokens, attribution, FLOPs
+    layer_000.safetensors ...  one file per transformer block, tensors over all traced positions;
+                               its attention in the layout `--attention` chose (tracegen.policy)
+    derived.safetensors        logit lens, watched tokens, attribution, FLOPs, head scores
     timings.json               what the clock measured: the only file that differs between
                                two runs of the same model on the same prompt
 
@@ -40,12 +41,13 @@ try:
 except ImportError:  # not POSIX (Windows): the lock file itself is the lock, see lock_target
     fcntl = None  # type: ignore[assignment]
 
+from .policy import HEAD_SCORES, LAYOUT_TENSORS, parse_activations, parse_policy
 from .validate import TraceError, check_manifest, check_timings, check_values, shown
 
 SCHEMA_NAME = "tracegen.trace"
 # 2: checksums in the manifest, timings moved from derived.safetensors and the manifest's
-# `run` to timings.json.
-SCHEMA_VERSION = 2
+# `run` to timings.json. 3: attention layouts (the manifest's `attention`), head scores.
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 DERIVED_FILE = "derived.safetensors"
 TIMINGS_FILE = "timings.json"
@@ -53,16 +55,14 @@ TIMINGS_FILE = "timings.json"
 METADATA_KEY = "tracegen"
 
 # Symbolic shapes: L layers, N traced positions, D width, H query heads, G key/value heads,
-# P = N(N+1)/2 lower-triangle entries, K lens top-k, W watched tokens, C attribution
-# components, F FLOPs components.
+# P = N(N+1)/2 lower-triangle entries, R kept attention rows, A attention top-k, S positions
+# with kept activations, K lens top-k, W watched tokens, C attribution components, F FLOPs
+# components.
 LAYER_TENSORS: dict[str, tuple[str, ...]] = {
     "resid_in": ("N", "D"),
     "resid_out": ("N", "D"),
     "attn_out": ("N", "D"),
     "mlp_out": ("N", "D"),
-    # Causal attention is zero above the diagonal, so only the lower triangle is stored,
-    # row by row (numpy.tril_indices order); `Trace.layer(i, "attn_probs")` unpacks it.
-    "attn_probs_tril": ("H", "P"),
     "q_norm": ("H", "N"),
     "k_norm": ("G", "N"),
     "v_norm": ("G", "N"),
@@ -78,16 +78,32 @@ DERIVED_TENSORS: dict[str, tuple[str, ...]] = {
     "attribution": ("N", "C"),
     "final_logit": ("N",),
     "flops": ("L", "F"),
+    **{name: ("L", "H") for name in HEAD_SCORES},
 }
 # Read through `Trace.derived` like the tensors above, but kept in timings.json.
 TIMING_SERIES = ("layer_seconds",)
 # Big activations are stored in float16 to keep the committed traces small; a tensor whose
 # values do not fit float16 is kept in float32 rather than clipped.
-HALF_PRECISION = {"resid_in", "resid_out", "attn_out", "mlp_out", "attn_probs_tril"}
+HALF_PRECISION = {
+    "resid_in", "resid_out", "attn_out", "mlp_out",
+    "attn_probs_tril", "attn_rows", "attn_topk_probs", "attn_rest",
+}  # fmt: skip
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 # Counts in the billions need more than float32's 24 bits to stay exact.
 DOUBLE_PRECISION = {"flops", "layer_seconds"}
-INTEGER_TENSORS = {"lens_topk_ids", "lens_target_rank"}
+INTEGER_TENSORS = {"lens_topk_ids", "lens_target_rank", "attn_topk_keys"}
+
+
+ACTIVATIONS = ("resid_in", "resid_out", "attn_out", "mlp_out")
+
+
+def layer_tensors(attention: str, activations: str = "all") -> dict[str, tuple[str, ...]]:
+    """A layer file's tensors: LAYER_TENSORS, with activations over the S kept positions
+    under --activations rows:R, and the attention layout's tensors."""
+    tensors = dict(LAYER_TENSORS)
+    if parse_activations(activations).kind == "rows":
+        tensors.update({name: ("S", "D") for name in ACTIVATIONS})
+    return {**tensors, **LAYOUT_TENSORS[parse_policy(attention).kind]}
 
 
 def stored_dtypes(name: str) -> tuple[str, ...]:
@@ -504,10 +520,26 @@ class Trace:
         self.attribution_components: list[str] = derived["attribution_components"]
         self.flops_components: list[str] = derived["flops_components"]
         self.prompt_text: str = manifest["prompt"]["text"]
+        attention = manifest["attention"]
+        self.attention_policy: str = attention["policy"]
+        self._policy = parse_policy(self.attention_policy)
+        # rows:R: the positions whose whole rows are kept, in the order attn_rows holds them
+        self.attention_rows: list[int] = list(attention.get("rows", []))
+        activations = manifest["activations"]
+        self.activations_policy: str = activations["policy"]
+        # the positions whose activations the layer files hold, in their order
+        self.activation_rows: list[int] = list(
+            activations.get("rows", range(self.n_positions))
+        )
 
     @property
     def n_layers(self) -> int:
         return self.model.n_layers
+
+    @property
+    def layer_tensors(self) -> dict[str, tuple[str, ...]]:
+        """The tensors of each layer file under this trace's attention policy."""
+        return layer_tensors(self.attention_policy, self.activations_policy)
 
     def dims(self) -> dict[str, int]:
         """The sizes behind the symbolic shapes in LAYER_TENSORS and DERIVED_TENSORS."""
@@ -516,6 +548,9 @@ class Trace:
             "L+1": self.model.n_layers + 1,
             "N": self.n_positions,
             "P": self.n_positions * (self.n_positions + 1) // 2,
+            "R": len(self.attention_rows),
+            "S": len(self.activation_rows),
+            "A": self._policy.count,
             "D": self.model.d_model,
             "H": self.model.n_heads,
             "G": self.model.n_kv_heads,
@@ -526,17 +561,91 @@ class Trace:
         }
 
     def layer(self, index: int, name: str) -> np.ndarray:
-        """One tensor of one block, e.g. `trace.layer(3, "attn_probs")` -> [H, N, N]."""
+        """One tensor of one block as stored, e.g. `trace.layer(3, "q_norm")` -> [H, N];
+        `trace.layer(3, "resid_out")` -> [S, D], the positions in `activation_rows` (all N
+        unless the trace was made with --activations rows:R; `activation` reads one);
+        `trace.layer(3, "attn_probs")` -> [H, N, N] from a trace made with --attention full."""
         if not 0 <= index < self.n_layers:
             raise TraceError(f"layer {index} out of range 0..{self.n_layers - 1}")
-        stored = "attn_probs_tril" if name == "attn_probs" else name
-        if stored not in LAYER_TENSORS:
-            known = ", ".join(["attn_probs", *LAYER_TENSORS])
-            raise TraceError(f"unknown layer tensor {name!r}; known: {known}")
+        if name == "attn_probs":
+            if self._policy.kind != "full":
+                raise TraceError(
+                    f"{self.path} keeps attention as {self.attention_policy}, not every row; "
+                    "read rows with attention_row(), or trace with --attention full"
+                )
+            return unpack_tril(self._tensor(index, "attn_probs_tril"))
+        if name not in self.layer_tensors:
+            known = ", ".join(self.layer_tensors)
+            raise TraceError(
+                f"unknown layer tensor {name!r} under attention {self.attention_policy}; "
+                f"known: {known}"
+            )
+        return self._tensor(index, name)
+
+    def _tensor(self, index: int, name: str) -> np.ndarray:
         path = self.path / layer_file(index)
-        array = _read(path, stored)
-        check_values(path, stored, array, self.model.vocab_size)
-        return unpack_tril(array) if name == "attn_probs" else array
+        array = _read(path, name)
+        check_values(path, name, array, self.model.vocab_size)
+        if name == "attn_topk_keys":
+            _check_keys(path, array)
+        return array
+
+    def activation(self, index: int, name: str, position: int) -> np.ndarray:
+        """[D]: one activation (resid_in, resid_out, attn_out, mlp_out) at one position, or
+        a one-line TraceError if the trace does not keep that position's."""
+        if name not in ACTIVATIONS:
+            raise TraceError(f"{name!r} is not an activation; one of {', '.join(ACTIVATIONS)}")
+        if position not in self.activation_rows:
+            raise TraceError(
+                f"{self.path} keeps activations at positions "
+                f"{shown_positions(self.activation_rows)} ({self.activations_policy}), not "
+                f"{position}; trace with --activations all to keep every position"
+            )
+        return self.layer(index, name)[self.activation_rows.index(position)]
+
+    def has_attention_row(self, position: int) -> bool:
+        """Whether `attention_row(., position)` gives the position's whole row."""
+        if self._policy.kind == "rows":
+            return position in self.attention_rows
+        return 0 <= position < self.n_positions and self._policy.kind == "full"
+
+    def attention_row(self, index: int, position: int) -> np.ndarray:
+        """[H, N] float32: layer `index`'s attention from `position` over every position,
+        under any policy. With topk:K only the K largest weights are placed (the rest,
+        `attention_rest`, is spread over keys the trace does not name); with rows:R a
+        position whose row is not kept is a TraceError."""
+        if not 0 <= position < self.n_positions:
+            raise TraceError(f"position {position} out of range 0..{self.n_positions - 1}")
+        kind = self._policy.kind
+        if kind == "full":
+            start = position * (position + 1) // 2
+            row = np.zeros((self.model.n_heads, self.n_positions), dtype=np.float32)
+            row[:, : position + 1] = self._tensor(index, "attn_probs_tril")[
+                :, start : start + position + 1
+            ]
+            return row
+        if kind == "rows":
+            if position not in self.attention_rows:
+                raise TraceError(
+                    f"{self.path} keeps attention rows {shown_positions(self.attention_rows)} "
+                    f"({self.attention_policy}), not position {position}; trace with "
+                    "--attention full to keep every row"
+                )
+            return self._tensor(index, "attn_rows")[:, self.attention_rows.index(position)]
+        probs = self._tensor(index, "attn_topk_probs")[:, position]  # [H, A]
+        keys = self._tensor(index, "attn_topk_keys")[:, position]
+        row = np.zeros((self.model.n_heads, self.n_positions), dtype=np.float32)
+        for head in range(row.shape[0]):
+            valid = keys[head] >= 0
+            row[head, keys[head][valid]] = probs[head][valid]
+        return row
+
+    def attention_rest(self, index: int, position: int) -> np.ndarray:
+        """[H]: the attention from `position` that `attention_row` does not place (topk:K;
+        zero under full and rows)."""
+        if self._policy.kind != "topk":
+            return np.zeros(self.model.n_heads, dtype=np.float32)
+        return self._tensor(index, "attn_rest")[:, position]
 
     def stack(self, name: str) -> np.ndarray:
         """One tensor across all blocks: [L, ...]."""
@@ -579,6 +688,29 @@ class Trace:
 
     def __repr__(self) -> str:
         return f"Trace({str(self.path)!r}, model={self.model.slug!r}, positions={self.n_positions})"
+
+
+def shown_positions(positions: Sequence[int]) -> str:
+    """[3, 4, 5, 9] -> '3..5, 9'."""
+    spans: list[list[int]] = []
+    for position in positions:
+        if spans and position == spans[-1][1] + 1:
+            spans[-1][1] = position
+        else:
+            spans.append([position, position])
+    return ", ".join(f"{a}..{b}" if b > a else str(a) for a, b in spans)
+
+
+def _check_keys(path: Path, keys: np.ndarray) -> None:
+    """topk keys: -1 (padding) or a position at or before the query's own."""
+    limit = np.arange(keys.shape[1]).reshape(1, -1, 1)
+    bad = (keys < -1) | (keys > limit)
+    if bad.any():
+        head, position, slot = (int(i) for i in np.argwhere(bad)[0])
+        raise TraceError(
+            f"{path}: tensor attn_topk_keys: key {int(keys[head, position, slot])} at "
+            f"[{head}, {position}, {slot}] is not a position at or before {position}"
+        )
 
 
 def tensor_file_names(n_layers: int) -> list[str]:
@@ -712,7 +844,7 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     trace = Trace(path, manifest, timings)
     dims = trace.dims()
     for index in range(trace.n_layers):
-        _check_header(path / layer_file(index), LAYER_TENSORS, dims)
+        _check_header(path / layer_file(index), trace.layer_tensors, dims)
     _check_header(path / DERIVED_FILE, DERIVED_TENSORS, dims)
     verify_checksums(path, manifest["sha256"], names)
     _ = trace._derived  # read and check the derived values now: a bad number fails the load

@@ -272,6 +272,10 @@ def check_manifest(manifest: Any, file: Path, tensor_files: list[str]) -> None:
     if "lens_entropy_unit" in derived:
         f.string(derived["lens_entropy_unit"], "derived.lens_entropy_unit")
 
+    check_attention(f, f.key(m, "attention", "attention"), n_prompt, n_positions)
+    check_attention(f, f.key(m, "activations", "activations"), n_prompt, n_positions,
+                    "activations")  # fmt: skip
+
     if "run" in m:
         run = f.obj(m["run"], "run")
         for key in ("device", "dtype"):
@@ -295,6 +299,38 @@ def check_manifest(manifest: Any, file: Path, tensor_files: list[str]) -> None:
         f.sha256(f.key(sums, name, f"sha256.{name}"), f"sha256.{name}")
     if extra := sorted(set(sums) - set(tensor_files)):
         raise f.fail("sha256", f"names files that are not part of the trace: {shown(extra)}")
+
+
+def check_attention(
+    f: Fields, value: Any, n_prompt: int, n_positions: int, section: str = "attention"
+) -> None:
+    """`attention` (or `activations`): the policy the layer files follow and, for rows:R,
+    the rows they keep, which must be the ones the policy names (the last R positions and
+    the prompt's end)."""
+    from .policy import (
+        ACTIVATIONS_SYNTAX,
+        POLICY_SYNTAX,
+        PolicyError,
+        parse_activations,
+        parse_policy,
+    )
+
+    parse, syntax = (
+        (parse_policy, POLICY_SYNTAX) if section == "attention"
+        else (parse_activations, ACTIVATIONS_SYNTAX)
+    )  # fmt: skip
+    attention = f.obj(value, section)
+    text = f.string(f.key(attention, "policy", f"{section}.policy"), f"{section}.policy")
+    try:
+        policy = parse(text)
+    except PolicyError:
+        raise f.fail(f"{section}.policy", f"{shown(text)} is not {syntax}") from None
+    if policy.kind != "rows":
+        return
+    position = functools.partial(f.integer, lo=0, hi=n_positions - 1)
+    rows = f.items(f.key(attention, "rows", f"{section}.rows"), f"{section}.rows", position)
+    if rows != policy.rows(n_prompt, n_positions):
+        raise f.fail(f"{section}.rows", f"are not the rows {policy} keeps of {n_positions}")
 
 
 def check_gate(f: Fields, value: Any) -> None:
@@ -342,7 +378,11 @@ def check_timings(timings: Any, file: Path, n_layers: int) -> None:
 
 # Bounds the schema gives each tensor's values, checked once its data is read. Every float
 # tensor must be finite; these add ranges. (lo, hi); None is unbounded.
-PROBABILITIES = {"lens_topk_probs", "lens_target_prob", "watched_probs", "attn_probs_tril"}
+PROBABILITIES = {
+    "lens_topk_probs", "lens_target_prob", "watched_probs",
+    "attn_probs_tril", "attn_rows", "attn_topk_probs", "attn_rest",
+    "head_first_token", "head_previous_token", "head_induction",
+}  # fmt: skip
 NON_NEGATIVE = {"lens_entropy", "lens_kl", "flops", "q_norm", "k_norm", "v_norm"}
 TOKEN_IDS = {"lens_topk_ids"}
 RANKS = {"lens_target_rank"}

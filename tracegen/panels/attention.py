@@ -15,7 +15,7 @@ import altair as alt
 import numpy as np
 
 from ..store import Trace
-from .story import answer_position, line_of_each_token, start_span
+from .story import answer_position, line_of_each_token, start_span, unplaced_attention
 from .style import CANVAS, SEQUENTIAL, WIDTH
 from .types import BORNE_OUT, NOT_BORNE_OUT, PanelDef, Words
 from .words import caption, count, escape, fmt_pct, head_label, token_html, verb, visible_controls
@@ -33,20 +33,17 @@ STRIP_TOP = 12
 
 
 def attention_from(trace: Trace, position: int) -> np.ndarray:
-    """[L, H, n_prompt]: each head's attention from `position` over the prompt."""
+    """[L, H, n_prompt]: each head's attention from `position` over the prompt (under
+    --attention topk:K only each row's K largest weights; see `unplaced`)."""
     return np.stack(
-        [trace.layer(i, "attn_probs")[:, position, : trace.n_prompt] for i in range(trace.n_layers)]
+        [trace.attention_row(i, position)[:, : trace.n_prompt] for i in range(trace.n_layers)]
     ).astype(np.float64)
 
 
 def sink_scores(trace: Trace) -> np.ndarray:
-    """[L, H]: mean attention on the first token over prompt queries 1..n_prompt-1."""
-    n = trace.n_prompt
-    if n < 2:
-        return np.zeros((trace.n_layers, trace.model.n_heads))
-    return np.stack(
-        [trace.layer(i, "attn_probs")[:, 1:n, 0].mean(-1) for i in range(trace.n_layers)]
-    ).astype(np.float64)
+    """[L, H]: mean attention on the first token over prompt queries 1..n_prompt-1, computed
+    at trace time from every prompt row (policy.HEAD_SCORES)."""
+    return trace.derived("head_first_token").astype(np.float64)
 
 
 def permille(values: np.ndarray) -> list[int]:
@@ -96,6 +93,8 @@ class AttentionFacts:
     widest: int  # characters of the widest prompt line
     n_lines: int
     verdict: str
+    policy: str  # the trace's --attention policy
+    unplaced: float  # topk:K: the most of one head's row the trace does not place (else 0)
 
     @property
     def n_all(self) -> int:
@@ -133,6 +132,8 @@ def measure_attention(trace: Trace) -> AttentionFacts:
         widest=widest,
         n_lines=n_lines,
         verdict=BORNE_OUT if reading else NOT_BORNE_OUT,
+        policy=trace.attention_policy,
+        unplaced=unplaced_attention(trace, position),
     )
 
 
@@ -154,6 +155,13 @@ def attention_words(f: AttentionFacts) -> Words:
         f"{reading} of {count(f.n_all, 'head')} {verb(reading, 'gives', 'give')} the first "
         f"block at least {START_READ_FACTOR:g}&times; its uniform share.",
     ]
+    if f.unplaced > 0:
+        items.append(
+            f"This trace keeps each row's largest weights only (<code>--attention "
+            f"{escape(f.policy)}</code>): up to {fmt_pct(f.unplaced)} of a head's attention "
+            "from this position is on keys it does not name, so the shares here are lower "
+            "bounds. The sink and head counts come from every row, measured as it was traced."
+        )
     alt_text = (
         f"From the last prompt position, {best} puts {fmt_pct(f.best_start_mass)} of its "
         f"attention on the first Q/A block (uniform: {fmt_pct(f.uniform_share)}); the first "

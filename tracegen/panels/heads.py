@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import altair as alt
 import numpy as np
 
+from ..policy import induction_chance
 from ..store import Trace
-from .story import answer_position, end_span
+from .story import answer_position, end_span, unplaced_attention
 from .style import CANVAS, SEQUENTIAL, WIDTH
 from .types import BORNE_OUT, MIXED, NOT_BORNE_OUT, PanelDef, Words
 from .vega import label_expr, rounded
-from .words import caption, count, fmt_pct, head_label, plural, verb
+from .words import caption, count, escape, fmt_pct, head_label, plural, verb
 
 END_SHARE = 0.5  # a head "attends to the end" with at least half its attention there
 A_FEW = 0.25  # "a few heads": at most a quarter of all heads
@@ -31,41 +32,19 @@ INDUCTION_THRESHOLD = 0.3  # an induction head gives the induction targets at le
 SCORE_LABELS = {"e": "end of sequence", "p": "previous token", "i": "induction"}
 
 
-def induction_mask(token_ids: list[int]) -> np.ndarray:
-    """[n, n]: 1 where key k follows an earlier occurrence (k-1 < q-1) of query q's token."""
-    ids = np.asarray(token_ids)
-    n = len(ids)
-    same = ids[:, None] == ids[None, :]  # [q, j]
-    earlier = np.tril(np.ones((n, n), dtype=bool), k=-2)  # j <= q - 2, so j + 1 < q
-    mask = np.zeros((n, n))
-    mask[:, 1:] = (same & earlier)[:, :-1]
-    return mask
-
-
 def head_scores(trace: Trace) -> dict[str, np.ndarray]:
-    """Each score as [L, H], plus the chance level of the induction score."""
-    n = trace.n_prompt
+    """Each score as [L, H], plus the chance levels. Previous-token and induction scores
+    need every prompt row: they were computed at trace time, whatever rows the trace keeps
+    (policy.HEAD_SCORES); the end-of-sequence score reads the answer position's row."""
     position = answer_position(trace)
     end = end_span(trace)
-    mask = induction_mask(trace.token_ids[:n])
-    has_target = mask.sum(-1) > 0
-    chance = (
-        float((mask.sum(-1) / np.arange(1, n + 1))[has_target].mean()) if has_target.any() else 0.0
-    )
-    scores: dict[str, list[np.ndarray]] = {"e": [], "p": [], "i": []}
-    for index in range(trace.n_layers):
-        attn = trace.layer(index, "attn_probs")[:, :n, :n].astype(np.float64)  # [H, n, n]
-        scores["e"].append(attn[:, position, end.start : end.stop].sum(-1))
-        if n > 1:
-            scores["p"].append(attn[:, np.arange(1, n), np.arange(n - 1)].mean(-1))
-        else:
-            scores["p"].append(np.zeros(attn.shape[0]))
-        if has_target.any():
-            scores["i"].append((attn * mask).sum(-1)[:, has_target].mean(-1))
-        else:
-            scores["i"].append(np.zeros(attn.shape[0]))
-    out = {name: np.nan_to_num(np.stack(values)) for name, values in scores.items()}
-    out["induction_chance"] = np.array(chance)
+    rows = np.stack([trace.attention_row(i, position) for i in range(trace.n_layers)])
+    out = {
+        "e": np.nan_to_num(rows[:, :, end.start : end.stop].astype(np.float64).sum(-1)),
+        "p": trace.derived("head_previous_token").astype(np.float64),
+        "i": trace.derived("head_induction").astype(np.float64),
+    }
+    out["induction_chance"] = np.array(induction_chance(trace.token_ids[: trace.n_prompt]))
     out["end_uniform"] = np.array((end.stop - end.start) / max(position + 1, 1))
     return out
 
@@ -87,6 +66,8 @@ class HeadsFacts:
     induction_chance: float  # the induction score of uniform attention
     end_uniform_share: float  # the share of the visible prompt the end span holds
     verdict: str
+    policy: str  # the trace's --attention policy
+    unplaced: float  # topk:K: the most of one head's last-position row not placed (else 0)
 
     @property
     def n_all(self) -> int:
@@ -114,6 +95,8 @@ def measure_heads(trace: Trace) -> HeadsFacts:
         induction_chance=float(scores["induction_chance"]),
         end_uniform_share=float(scores["end_uniform"]),
         verdict=verdict,
+        policy=trace.attention_policy,
+        unplaced=unplaced_attention(trace, answer_position(trace)),
     )
 
 
@@ -147,6 +130,14 @@ def heads_words(f: HeadsFacts) -> Words:
             else "By this threshold there are no induction heads."
         ),
     ]
+    if f.unplaced > 0:
+        items.append(
+            f"This trace keeps each row's largest weights only (<code>--attention "
+            f"{escape(f.policy)}</code>): up to {fmt_pct(f.unplaced)} of a head's attention "
+            "from the last position is on keys it does not name, so end-of-sequence scores "
+            "are lower bounds. Previous-token and induction scores were measured from every "
+            "row as the trace was made."
+        )
     alt_text = (
         f"{end} of {count(f.n_all, 'head')} {verb(end, 'puts', 'put')} at least half of the "
         f"last position's attention on the last two Q/A blocks; {prev} "

@@ -50,8 +50,8 @@ NORM_CHANGE = 1.1
 
 def residual_norms(trace: Trace, position: int) -> np.ndarray:
     """||residual|| at one position for depth 0 (embeddings) .. L (after the last block)."""
-    first = trace.layer(0, "resid_in")[position]
-    outs = [trace.layer(index, "resid_out")[position] for index in range(trace.n_layers)]
+    first = trace.activation(0, "resid_in", position)
+    outs = [trace.activation(index, "resid_out", position) for index in range(trace.n_layers)]
     return np.linalg.norm(np.stack([first, *outs]).astype(np.float64), axis=-1)
 
 

@@ -38,6 +38,13 @@ def answer_position(trace: Trace) -> int:
     return max(trace.n_prompt - 1, 0)
 
 
+def unplaced_attention(trace: Trace, position: int) -> float:
+    """The largest share of one head's attention from `position` that the trace does not
+    place on a key: a topk:K trace keeps each row's K largest weights (0 otherwise)."""
+    rest = [trace.attention_rest(index, position) for index in range(trace.n_layers)]
+    return float(np.max(rest)) if rest else 0.0
+
+
 def step_position(trace: Trace, step: int) -> int:
     """The position whose prediction is generated token `step` (0-based)."""
     return answer_position(trace) + step
