@@ -66,7 +66,7 @@ def _recording_attention(module, query, key, value, attention_mask, **kwargs):
     if _ACTIVE:
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
 
-        def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        def scores(q: torch.Tensor, k: torch.Tensor, heads: slice) -> torch.Tensor:
             logits = (q @ k.transpose(-1, -2)) * scaling
             softcap = kwargs.get("softcap")
             return torch.tanh(logits / softcap) * softcap if softcap else logits
@@ -130,12 +130,17 @@ class Recorder:
         if scores is None:
             return
         groups = query.shape[1] // key.shape[1]
-        keys = key.float().repeat_interleave(groups, dim=1)  # [B, H, keys, d_head]
-        logits = scores(query.float(), keys)
-        if mask is not None:
-            logits = logits + mask[..., : keys.shape[-2]].float()
-        error = (logits.softmax(-1) - weights.float()).abs().max()
-        self.score_errors[index] = max(self.score_errors[index], float(error))
+        # Head by head: each step makes a [T, keys] float32 copy, and five of them for all
+        # heads at once would be most of a long prompt's peak memory.
+        for head in range(query.shape[1]):
+            one = slice(head, head + 1)
+            keys = key[:, head // groups][:, None].float()  # [B, 1, keys, d_head]
+            logits = scores(query[:, one].float(), keys, one)
+            if mask is not None:  # [B, 1 or H, T, keys]: Falcon's ALiBi folds into the mask
+                head_mask = mask[:, one] if mask.shape[1] > 1 else mask
+                logits = logits + head_mask[..., : keys.shape[-2]].float()
+            error = (logits.softmax(-1) - weights[:, one].float()).abs().max()
+            self.score_errors[index] = max(self.score_errors[index], float(error))
 
     def _hook_block(self, index: int, block) -> None:
         attn_write, mlp_write = self.adapter.writers(index)
@@ -193,10 +198,11 @@ class Recorder:
                 query, key = rotate(query, key, cos, sin)
             alibi = seen.get("alibi")
 
-            def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            def scores(q: torch.Tensor, k: torch.Tensor, heads: slice) -> torch.Tensor:
                 logits = (q @ k.transpose(-1, -2)) * module.inv_norm_factor
-                if alibi is not None:
-                    logits = logits + alibi.view(*logits.shape[:2], 1, -1).float() * module.beta
+                if alibi is not None:  # [B * H, 1, keys]: this pass's heads' slopes
+                    slopes = alibi.view(logits.shape[0], -1, 1, alibi.shape[-1])[:, heads]
+                    logits = logits + slopes.float() * module.beta
                 return logits
 
             weights = output[1]
@@ -405,6 +411,7 @@ class Tracer:
                 seconds_per_repeat.append(timer.seconds)
                 diff = (again.logits[0].to("cpu", torch.float32) - self.logits[0]).abs().max()
                 self.max_diff = max(self.max_diff, float(diff))
+                del again  # before the next pass: its logits and cache are as big as the pass's
         self.layer_seconds = [
             statistics.median(times) for times in zip(*seconds_per_repeat, strict=True)
         ]

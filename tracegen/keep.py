@@ -197,7 +197,11 @@ def kept_error(policy: AttentionPolicy, layer: dict[str, torch.Tensor], own: tor
     kept = (layer["attn_topk_probs"].float() - at_keys).abs().max()
     rest = (own.sum(-1) - at_keys.sum(-1) - layer["attn_rest"].float()).abs().max()
     # The kept keys must be the largest: nothing left out may outweigh the smallest kept.
-    left_out = own.scatter(-1, keys.clamp_min(0), 0.0).amax(-1)
+    # Head by head, since the scatter copies the head's N x N matrix.
+    left_out = torch.stack([
+        own[head].scatter(-1, keys[head].clamp_min(0), 0.0).amax(-1)
+        for head in range(own.shape[0])
+    ])  # fmt: skip
     smallest = layer["attn_topk_probs"].float().masked_fill(~valid, float("inf")).amin(-1)
     full_rows = valid.all(-1)  # a row with fewer than k keys keeps all of them
     order = torch.where(full_rows, (left_out - smallest).clamp_min(0.0), 0.0).max()

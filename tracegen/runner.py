@@ -75,7 +75,19 @@ class Stages:
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
-        self.say(f"[{name}] done in {self.seconds[name]:.1f}s")
+        self.say(f"[{name}] done in {self.seconds[name]:.1f}s{peak_memory_text()}")
+
+
+def peak_memory_text() -> str:
+    """', peak memory 1.2 GB so far': the process's peak resident memory (Linux reports
+    ru_maxrss in KiB, macOS in bytes), or nothing where the platform has no such count."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return ""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_bytes = peak if sys.platform == "darwin" else peak * 1024
+    return f", peak memory {peak_bytes / 1e9:.2f} GB so far"
 
 
 def _versions() -> dict[str, str]:
