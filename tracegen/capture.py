@@ -292,10 +292,11 @@ class Reference:
     """The model's own outputs over all traced positions in one pass without the cache,
     through stock eager attention: what the parity gate compares the trace with."""
 
-    logits: torch.Tensor  # [N, V] float32, the model's dtype rounded
+    logits: torch.Tensor | None  # [N, V] float32; dropped once lens_errors are measured
     attention_errors: list[float]  # per block: max |recorded - own| probability
     row_sum_errors: list[float]  # per block: max |sum of a row of the model's own - 1|
     head_score_errors: list[float]  # per block: max |recorded - recomputed| head score
+    lens_errors: list[float] | None = None  # per position (verify.lens_errors)
 
 
 class Tracer:
@@ -326,7 +327,7 @@ class Tracer:
         self.inline = adapter.family.qkv != "interface"
         self.records: list[list[dict[str, torch.Tensor]]] = []  # per pass, per block
         self.score_errors = [0.0] * len(adapter.blocks)
-        self.logits: list[torch.Tensor] = []  # per pass: [rows, V]
+        self.logits: list[torch.Tensor] = []  # per pass: [1, V], its last position's
         self.generated: list[int] = []
         self.stop_reason = ""
         self.cache = None
@@ -337,7 +338,12 @@ class Tracer:
             use_attention(model, ATTENTION_NAME)
 
     def _forward(self, ids: torch.Tensor, **kwargs):
-        # Falcon and BLOOM hand their probabilities out only through output_attentions.
+        # Falcon and BLOOM hand their probabilities out only through output_attentions. Only
+        # the last position's logits are needed (the next token; the determinism check): all
+        # of them would be N x vocabulary floats, 1.6 GB at 8,192 positions. The lens and the
+        # gate work from the recorded residual stream and the reference pass instead.
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            kwargs["logits_to_keep"] = 1
         return self.model(ids, use_cache=True, output_attentions=self.inline, **kwargs)
 
     def _recorded_pass(self, input_ids: list[int], **kwargs) -> None:
@@ -358,7 +364,7 @@ class Tracer:
         self.score_errors = [
             max(a, b) for a, b in zip(self.score_errors, recorder.score_errors, strict=True)
         ]
-        self.logits.append(outputs.logits[0].to("cpu", torch.float32))
+        self.logits.append(outputs.logits[0, -1:].to("cpu", torch.float32))
         self.cache = _cache_of(outputs)
 
     def prompt_pass(self) -> None:
@@ -391,10 +397,12 @@ class Tracer:
                 break
             # The last generated token is never fed: its pass would predict past the end.
             self._recorded_pass([next_id], **{cache_argument: self.cache})
+        self.cache = None  # keys and values of every layer: no pass reads them again
 
     def time_prompt_pass(self, repeats: int = 3) -> None:
-        """The prompt pass again, with hooks that only read the clock. Its logits must match
-        the recorded pass exactly; the largest difference is the determinism check.
+        """The prompt pass again, with hooks that only read the clock. Its logits at the last
+        position must match the recorded pass's exactly; the largest difference is the
+        determinism check.
 
         Three passes, not five: bench/run_speed.py measured one pass within 6% of the median
         of five in total but up to 72% off per block on a shared machine; the median of
@@ -409,13 +417,13 @@ class Tracer:
                 with LayerTimer(self.adapter, synchronize) as timer:
                     again = self._forward(ids)
                 seconds_per_repeat.append(timer.seconds)
-                diff = (again.logits[0].to("cpu", torch.float32) - self.logits[0]).abs().max()
+                last = again.logits[0, -1:].to("cpu", torch.float32)
+                diff = (last - self.logits[0]).abs().max()
                 self.max_diff = max(self.max_diff, float(diff))
                 del again  # before the next pass: its logits and cache are as big as the pass's
         self.layer_seconds = [
             statistics.median(times) for times in zip(*seconds_per_repeat, strict=True)
         ]
-        self.logits = [logits[-1:] for logits in self.logits]  # [N, V] no longer needed
 
     def reference_pass(self, capture: Capture) -> Reference:
         """All traced positions at once, without the cache, through stock eager attention.

@@ -201,6 +201,10 @@ def head_on_cpu(adapter: Adapter) -> Adapter:
     from accelerate.utils import align_module_device
 
     def copy_of(module: nn.Module) -> nn.Module:
+        parameters = list(module.parameters())
+        on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in parameters)
+        if on_cpu and not hasattr(module, "_hf_hook"):
+            return module  # already what the lens needs: no second copy of the unembedding
         with align_module_device(module, torch.device("cpu")):
             copied = copy.deepcopy(module)
         remove_hook_from_module(copied, recurse=True)

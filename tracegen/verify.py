@@ -121,6 +121,24 @@ def _worst(errors: list[float], label: str) -> tuple[float, str]:
 
 
 @torch.inference_mode()
+def lens_errors(adapter: Adapter, capture: Capture, own_logits: torch.Tensor) -> list[float]:
+    """Per position: the largest |lens log-prob - the model's own| at the last depth, over
+    tokens the model gives at least LIKELY. Run as soon as the reference pass ends, so that
+    its [N, V] logits can go before the lens stage needs the memory; in blocks of positions,
+    since a few [N, V] float32 copies at once would be the run's peak (1.6 GB each at 8,192
+    positions of a 49,152-token vocabulary)."""
+    residual = capture.layers[-1]["resid_out"]
+    per_position: list[float] = []
+    for start in range(0, len(residual), GATE_ROWS):
+        rows = slice(start, start + GATE_ROWS)
+        lens = adapter.logits(residual[rows]).log_softmax(-1)  # [rows, V]
+        own = own_logits[rows].log_softmax(-1)
+        likely = own.exp() >= LIKELY
+        per_position += torch.where(likely, (lens - own).abs(), 0.0).amax(-1).tolist()
+    return per_position
+
+
+@torch.inference_mode()
 def run_gate(
     adapter: Adapter,
     capture: Capture,
@@ -136,17 +154,7 @@ def run_gate(
     def add(name: str, error: float, where: str) -> None:
         checks.append(Check(name, error, tolerance[name], where))
 
-    # In blocks of positions: a few [N, V] float32 copies at once would be the run's peak
-    # (1.6 GB each at 8,192 positions of a 49,152-token vocabulary).
-    residual = capture.layers[-1]["resid_out"]
-    per_position = []
-    for start in range(0, len(residual), GATE_ROWS):
-        rows = slice(start, start + GATE_ROWS)
-        lens = adapter.logits(residual[rows]).log_softmax(-1)  # [rows, V]
-        own = reference.logits[rows].log_softmax(-1)
-        likely = own.exp() >= LIKELY
-        per_position += torch.where(likely, (lens - own).abs(), 0.0).amax(-1).tolist()
-    add("lens_logprobs", *_worst(per_position, "position"))
+    add("lens_logprobs", *_worst(reference.lens_errors, "position"))
 
     identity, chain = [], []
     for index, layer in enumerate(capture.layers):

@@ -102,7 +102,8 @@ def determinism_words(f: DeterminismFacts) -> Words:
             else ""
         )
         + ".",
-        "Two identical passes: the largest difference between their logits was "
+        "Two identical passes: the largest difference between their logits at the last "
+        "prompt position was "
         + (f"{fmt_num(diff, 6)}" if math.isfinite(diff) else "not measured")
         + (" (bit-identical)" if diff == 0.0 else "")
         + ".",
