@@ -62,3 +62,14 @@ def test_a_fit_that_is_not_positive_is_not_linear():
 def test_three_sizes_are_needed():
     with pytest.raises(ValueError, match="3 sizes"):
         fit_growth([186, 512], [1.0, 2.0])
+
+
+def test_a_narrow_span_is_not_judged():
+    """Three sizes within 4x of each other: fitted and printed, but no PASS or FAIL."""
+    from bench.scale import growth_verdict
+
+    narrow = fit_growth([186, 272, 387], [1.0e9, 1.3e9, 1.2e9])
+    assert narrow.span == pytest.approx(387 / 186)
+    assert growth_verdict("run peak RSS", narrow).status == "n/a"
+    wide = fit_growth(SIZES, [1e9 + 1e5 * n for n in SIZES])
+    assert growth_verdict("run peak RSS", wide).status == "PASS"
