@@ -1,5 +1,6 @@
-"""Scale: `tracegen run` and the site on long prompts, each figure against its budget (a
-benchmark, not a test; exit 1 if a budget fails, 2 if it cannot run as asked).
+"""Scale: `tracegen run` and the site on long prompts, each figure against its budget.
+
+A benchmark, not a test: exit 1 if a budget fails, 2 if it cannot run as asked.
 
     .venv/bin/python bench/scale.py [--sizes 186,512,1024,2048] [--full-context]
         [--model default] [--attention POLICY] [--no-site-above N] [--no-raw-trace]
@@ -63,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -287,6 +289,9 @@ class Row:
     error: str | None = None  # the first command that failed, and its last line
 
 
+Figure = Callable[[Row], float | None]  # one figure of a row; None where not measured
+
+
 def measure_size(
     row: Row, prompt: Path, workdir: Path, args: argparse.Namespace, with_site: bool
 ) -> None:
@@ -348,7 +353,7 @@ def fit_growth(
 # Each fitted figure: its name, how to read it from a row, its unit, and whether a budget
 # asks for linear growth (the run's times are fitted for information only: wall time on a
 # shared machine is noisy, CPU time less so).
-FITTED = [
+FITTED: list[tuple[str, Figure, str, bool]] = [
     ("run peak RSS", lambda r: r.run and r.run.peak_bytes, "B", True),
     ("trace size", lambda r: r.trace_bytes, "B", True),
     ("site build time", lambda r: r.site and r.site.build.wall_s, "s", True),
@@ -388,7 +393,7 @@ class Verdict:
         return f"{self.name:<40} {self.shown:>22}   budget {self.budget:>14}   {self.status}"
 
 
-def near(rows: list[Row], tokens: int, has) -> Row | None:
+def near(rows: list[Row], tokens: int, has: Figure) -> Row | None:
     """The row asked for closest to `tokens`, within NEAR of it, that has the figure."""
     close = [r for r in rows if has(r) is not None and abs(r.size - tokens) <= NEAR * tokens]
     return min(close, key=lambda r: abs(r.size - tokens), default=None)
@@ -398,7 +403,7 @@ def limit_verdict(
     rows: list[Row],
     name: str,
     tokens: int,
-    read,
+    read: Figure,
     limit: float,
     unit: float,
     label: str,
@@ -431,7 +436,7 @@ def verdicts(rows: list[Row], growth: dict[str, Growth | None]) -> list[Verdict]
     def run_rss(r: Row) -> int | None:
         return r.run and r.run.peak_bytes
 
-    def page(attribute: str):
+    def page(attribute: str) -> Figure:
         return lambda r: r.site and getattr(r.site, attribute)
 
     found = [
