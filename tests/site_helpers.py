@@ -30,6 +30,29 @@ def story_lines() -> list[str]:
 BUILD_ENV = ("FORWARD_PASS_TRACE", "SITE_URL", "REPO_URL", "FORWARD_PASS_RAW_TRACE")
 
 
+def mkdocs_build_command(
+    site_dir: Path,
+    trace: Path | None = None,
+    strict: bool = True,
+    site_url: str | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The `mkdocs build` command line and its environment, to run with cwd=REPO (so a
+    benchmark can wrap the very command the tests run). `env` sets more of BUILD_ENV
+    (REPO_URL, FORWARD_PASS_RAW_TRACE)."""
+    base = {key: value for key, value in os.environ.items() if key not in BUILD_ENV}
+    env = {**base, "NO_MKDOCS_2_WARNING": "1", **(env or {})}
+    if trace is not None:  # None: the trace that mkdocs.yml names
+        env["FORWARD_PASS_TRACE"] = str(trace)
+    if site_url is not None:  # instant navigation needs the sitemap to name the port and path
+        env["SITE_URL"] = site_url
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    cmd = [str(mkdocs), "build", "--site-dir", str(site_dir), "--quiet"]
+    if strict:
+        cmd.append("--strict")
+    return cmd, env
+
+
 def build_site(
     site_dir: Path,
     trace: Path | None = None,
@@ -44,18 +67,9 @@ def build_site(
     """
     import time
 
-    base = {key: value for key, value in os.environ.items() if key not in BUILD_ENV}
-    env = {**base, "NO_MKDOCS_2_WARNING": "1", **(env or {})}
-    if trace is not None:  # None: the trace that mkdocs.yml names
-        env["FORWARD_PASS_TRACE"] = str(trace)
-    if site_url is not None:  # instant navigation needs the sitemap to name the port and path
-        env["SITE_URL"] = site_url
-    mkdocs = Path(sys.executable).with_name("mkdocs")
-    cmd = [str(mkdocs), "build", "--site-dir", str(site_dir), "--quiet"]
-    if strict:
-        cmd.append("--strict")
+    cmd, full_env = mkdocs_build_command(site_dir, trace, strict, site_url, env)
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"mkdocs build failed:\n{done.stdout}\n{done.stderr}")
     return time.perf_counter() - start

@@ -99,6 +99,38 @@ def resolve(spec: str | None) -> ResolvedModel:
     )
 
 
+def _source(resolved: ResolvedModel) -> tuple[str, dict[str, str]]:
+    """What from_pretrained is given for this model: a folder or hub id, and its GGUF file."""
+    return resolved.source, {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+
+
+def load_config(resolved: ResolvedModel):
+    """The model's config alone, no weights (shapes and context length before a run)."""
+    from transformers import AutoConfig
+
+    source, extra = _source(resolved)
+    try:
+        return AutoConfig.from_pretrained(source, **extra)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot read the config of {resolved.spec!r}: {error}") from None
+
+
+def load_tokenizer(resolved: ResolvedModel):
+    """The model's tokenizer alone, no weights (to count a prompt's tokens before a run)."""
+    from transformers import AutoTokenizer
+
+    source, extra = _source(resolved)
+    return AutoTokenizer.from_pretrained(source, **extra)
+
+
+def context_length(config) -> int:
+    """The most positions the model takes, from its (text) config; 0 when it does not say."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(
+        getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", 0) or 0
+    )
+
+
 CACHE_ENV = "TRACEGEN_CACHE"
 
 

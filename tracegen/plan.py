@@ -61,14 +61,10 @@ def plan(
     n_watched: int = 8, attention: str = DEFAULT_POLICY,
     activations: str = DEFAULT_ACTIVATIONS,
 ) -> Plan:  # fmt: skip
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     resolved = models.resolve(spec)
-    extra = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
-    try:
-        config = AutoConfig.from_pretrained(resolved.source, **extra)
-    except (OSError, ValueError) as error:
-        raise models.ModelError(f"cannot read the config of {resolved.spec!r}: {error}") from None
+    config = models.load_config(resolved)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     family = family_of(model)
@@ -143,9 +139,5 @@ def plan_text(result: Plan) -> str:
 
 def prompt_tokens(spec: str | None, prompt_file: Path) -> int:
     """The prompt's length in the model's own tokens (loads only the tokenizer)."""
-    from transformers import AutoTokenizer
-
-    resolved = models.resolve(spec)
-    extra = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(resolved.source, **extra)
+    tokenizer = models.load_tokenizer(models.resolve(spec))
     return len(tokenizer(prompt_file.read_text(encoding="utf-8"))["input_ids"])

@@ -243,12 +243,11 @@ def load_stage(
 def tokenize_stage(
     loaded: Loaded, prompt: str, steps: int | None, watched: tuple[str, ...]
 ) -> Tokens:
+    from . import models
+
     tokenizer = loaded.tokenizer
-    config = loaded.model.config.get_text_config()
     prompt_ids = tokenizer(prompt)["input_ids"]
-    max_context = int(
-        getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0) or 0
-    )
+    max_context = models.context_length(loaded.model.config)
     step_budget = steps if steps is not None else 16
     if max_context and len(prompt_ids) + step_budget > max_context:
         raise RunError(
