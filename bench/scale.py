@@ -196,9 +196,10 @@ def tracegen_knows(option: str) -> bool:
     return option in done.stdout
 
 
-def trace_run(model: str, prompt: Path, out: Path, attention: str | None) -> Measured:
+def trace_run(model: str, prompt: Path, out: Path, args: argparse.Namespace) -> Measured:
     cmd = [*TRACEGEN, "run", "--model", model, "--prompt-file", str(prompt), "--out", str(out)]
-    cmd += ["--force", "--quiet", *(["--attention", attention] if attention else [])]
+    cmd += ["--force", "--quiet", *(["--attention", args.attention] if args.attention else [])]
+    cmd += ["--activations", args.activations] if args.activations else []
     return timed("tracegen run", cmd)[0]
 
 
@@ -300,7 +301,7 @@ def measure_size(
     trace = workdir / "trace"
     try:
         say(f"{row.tokens} tokens: tracegen run")
-        row.run = trace_run(args.model, prompt, trace, args.attention)
+        row.run = trace_run(args.model, prompt, trace, args)
         row.trace_bytes = folder_bytes(trace)
         row.attention = attention_policy(trace)
         say(f"{row.tokens} tokens: bare forward")
@@ -553,6 +554,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="default", help="as for tracegen run")
     parser.add_argument(
         "--attention", metavar="POLICY", help="passed to tracegen run (full, rows:N, topk:K)"
+    )
+    parser.add_argument(
+        "--activations", metavar="POLICY", help="passed to tracegen run (all, rows:N)"
     )
     parser.add_argument(
         "--no-site-above",

@@ -226,3 +226,29 @@ def test_rows_the_manifest_does_not_match_are_refused(traces, tmp_path):
     (target / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TraceError, match=r'attention\.policy: "rows:many" is not full, rows:R'):
         load_trace(target)
+
+
+def test_what_a_traced_pass_holds_grows_linearly(tiny_model_dir):
+    """Everything a run keeps after its passes (activations, norms, kept attention), for a
+    prompt of n and of 2n tokens: twice as much by default, with every row kept far more."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tracegen import capture, families
+
+    folder = tiny_model_dir("llama")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    adapter = families.adapt(model)
+
+    def held(policy: str, n: int) -> int:
+        ids = [2 + i % (model.config.vocab_size - 2) for i in range(n)]
+        tracer = capture.Tracer(model, tokenizer, adapter, ids, parse_policy(policy))
+        tracer.prompt_pass()
+        tracer.greedy_steps(2)
+        layers = tracer.result().layers
+        return sum(t.numel() * t.element_size() for layer in layers for t in layer.values())
+
+    default = held("rows:16", 400) / held("rows:16", 200)
+    full = held("full", 400) / held("full", 200)
+    assert 1.9 <= default <= 2.1, default
+    assert full > 2.5, full  # this tiny model's attention outweighs its activations
