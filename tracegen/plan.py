@@ -94,10 +94,15 @@ def plan(
     # Activations stay float32 until written (the lens and the gate read them); attention is
     # reduced to what the trace keeps as each layer computes it.
     recorded = n_layers * (kept + 4 * n * d_model * 4)
-    lens = 4 * n * vocab * 4  # logits, their exponentials, the final distribution, temporaries
-    head = (vocab + 2) * d_model * 4  # the float32 CPU copy of the unembedding that derive uses
+    # The reference pass's logits over every position, the largest thing alive at its end
+    # (the recorded passes keep the last position's only, the lens works in blocks).
+    logits = n * vocab * 4
+    # A float32 copy of the unembedding, unless the model already runs in float32 (on the
+    # CPU, as plan assumes; GGUF weights are de-quantised to float32).
+    head = 0 if dtype == "float32" or resolved.gguf_file else (vocab + 2) * d_model * 4
     runtime = 400 * 2**20  # Python, torch, transformers and the tokenizer, measured idle
-    peak = weights + recorded + lens + head + heads * n * n * 4 * 2 + runtime  # + eager layer
+    eager = heads * n * n * 4 * 3  # one layer's scores, masked scores and probabilities
+    peak = weights + recorded + logits + head + eager + runtime
 
     adapter = Adapter(family, model, blocks, get_module(model, family.final_norm), unembed,
                       1.0, 1.0, None)  # fmt: skip
