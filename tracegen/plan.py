@@ -86,7 +86,11 @@ def plan(
     components = 1 + ATTRIBUTION_PER_LAYER * n_layers + 2
     derived = (n_layers + 1) * n * (top_k * 8 + 4 * 4 + n_watched * 4) + n * (components + 1) * 4
     derived += len(HEAD_SCORES) * n_layers * heads * 4
-    manifest = 200 * n + 8_000  # token lists and strings, the vocabulary excerpt: measured
+    # Token ids, strings and pieces (about 40 bytes a position), and the decoded text of
+    # every id the lens lists: measured, about 6 distinct ids a position (1,160 for the
+    # default model's 191 positions, every token of a tiny model's 320), 22 bytes each.
+    shown_ids = min(vocab, 6 * n + n_watched)
+    manifest = 40 * n + 22 * shown_ids + 6_000
     trace_bytes = n_layers * per_layer + derived + manifest
 
     # GGUF weights are de-quantised to float32 whatever the file holds.
