@@ -147,9 +147,6 @@ store.write_trace(out, p["manifest"], p["layers"], p["derived"], force=True)
 """
 
 
-LAYER_NAMES = tuple(store.LAYER_TENSORS)
-
-
 def synthetic_parts(trace_dir: Path) -> dict[str, Any]:
     """For the killed writer: what `write_trace` takes, read back from a trace folder."""
     trace = load_trace(trace_dir)
@@ -158,7 +155,7 @@ def synthetic_parts(trace_dir: Path) -> dict[str, Any]:
         "layers": [
             {
                 name: store._read(trace.path / store.layer_file(i), name)
-                for name in store.LAYER_TENSORS
+                for name in trace.layer_tensors
             }
             for i in range(trace.n_layers)
         ],
