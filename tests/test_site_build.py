@@ -266,30 +266,6 @@ def test_two_builds_from_one_trace_are_byte_identical(tmp_path: Path) -> None:
     assert re.findall(r"<lastmod>([^<]*)</lastmod>", sitemap)[0] == "1971-01-01"
 
 
-def test_no_chart_uses_one_colour_for_two_meanings(site: Path) -> None:
-    """The colour language (tracegen/colours.py) as the story page serves it: every colour a
-    categorical scale gives names one meaning on its chart; each meaning has the one colour
-    of the mapping on every chart; the colours of the argument (the model, the narrator, a
-    correct answer) mean nothing else anywhere; sequential scales are never reversed."""
-    from tracegen import colours
-
-    uses_by_chart = [colours.colour_uses(json.loads(s)) for s in chart_specs(site / "index.html")]
-    assert sum(1 for uses in uses_by_chart if uses) >= 5, "expected several categorical charts"
-    for index, uses in enumerate(uses_by_chart):
-        meanings: dict[str, set[str | None]] = {}
-        for colour, label, meaning in uses:
-            assert meaning is not None, f"chart {index}: {label!r} has no meaning in colours.py"
-            assert colour == colours.colour_of(meaning), (index, label, colour, meaning)
-            meanings.setdefault(colour, set()).add(meaning)
-        assert all(len(m) == 1 for m in meanings.values()), (index, meanings)
-    reserved = {colours.colour_of(m): m for m in colours.RESERVED}
-    for uses in uses_by_chart:
-        for colour, label, meaning in uses:
-            assert reserved.get(colour, meaning) == meaning, (label, colour, meaning)
-    for spec in chart_specs(site / "index.html"):
-        assert '"reverse":true,"scheme":"viridis"' not in spec.replace(" ", "")
-
-
 def test_one_glyph_per_whitespace_kind_on_every_page(site: Path) -> None:
     """A space is ␣ and a newline ↵ on the story page and on "How this was made" alike, and
     the reading guide explains the glyphs the pages use."""

@@ -33,7 +33,7 @@ from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 from mkdocs.utils import get_relative_url
 
-from tracegen import card, colours, publish
+from tracegen import card, publish
 from tracegen.provenance import Provenance, provenance
 from tracegen.store import ModelCard, Trace, TraceError, load_trace
 from tracegen.text import (
@@ -362,10 +362,10 @@ def normalise_glyphs(text: str) -> str:
 
 
 def site_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """A panel's spec as the site shows it: in the colour language (`colours.recolour`) and
-    with the site's whitespace glyphs. Both go once the panels write them themselves."""
-    text = json.dumps(spec, ensure_ascii=False)
-    return colours.recolour(json.loads(normalise_glyphs(text)))
+    """A panel's spec as the site shows it: with the site's whitespace glyphs (this goes once
+    the panels write them themselves). Its colours are the panels' own, from
+    `tracegen.colours`."""
+    return json.loads(normalise_glyphs(json.dumps(spec, ensure_ascii=False)))
 
 
 def chart_name(spec: dict[str, Any], question: str, index: int, count: int) -> str:
