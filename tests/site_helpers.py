@@ -209,9 +209,13 @@ STATIC_CHARTS_JS = """async () => {
     if (img) {
       const svg = new DOMParser().parseFromString(await (await fetch(img.currentSrc)).text(),
                                                   'image/svg+xml');
-      texts = [...svg.querySelectorAll('text')].filter(t => t.textContent.trim()).map(t => ({
-        text: t.textContent.slice(0, 30), size: parseFloat(t.getAttribute('font-size')) * scale,
-        role: t.parentElement.getAttribute('class') || ''}));
+      // Labels of one style may share a <text>, each label a positioned <tspan>.
+      texts = [...svg.querySelectorAll('text')].flatMap(t => {
+        const runs = t.querySelectorAll('tspan');
+        return [...(runs.length ? runs : [t])].filter(r => r.textContent.trim()).map(r => ({
+          text: r.textContent.slice(0, 30), size: parseFloat(t.getAttribute('font-size')) * scale,
+          role: t.parentElement.getAttribute('class') || ''}));
+      });
       theme = img.classList.contains('fp-svg--dark') ? 'dark' : 'light';
     }
     found.push({
