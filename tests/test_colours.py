@@ -3,8 +3,6 @@ panels write them, and every chart the panels emit speaking it."""
 
 from __future__ import annotations
 
-import pytest
-
 from tracegen import colours
 
 
@@ -38,7 +36,8 @@ def test_labels_as_the_panels_write_them() -> None:
 
 
 def test_panels_colour_scale_takes_the_languages_colours() -> None:
-    """The panels' scale helper: each label its meaning's colour; an unknown label fails."""
+    """The panels' scale helper: each label its meaning's colour; a label without one (a
+    trace's own component name) is grey, "rest"."""
     from tracegen.panels.style import colour_scale
 
     assert colour_scale(["MLP", "embed", "␣zero"]) == {
@@ -49,8 +48,10 @@ def test_panels_colour_scale_takes_the_languages_colours() -> None:
             colours.colour_of("correct"),
         ],
     }
-    with pytest.raises(ValueError, match="12.5%"):
-        colour_scale(["MLP", "12.5%"])
+    assert colour_scale(["MLP", "12.5%"])["range"] == [
+        colours.colour_of("mlp"),
+        colours.colour_of("rest"),
+    ]
 
 
 def panel_specs() -> list[dict]:
