@@ -158,10 +158,16 @@ def launch_chromium(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
 
 
-# JavaScript run in the page: scroll every chart into view, then report each chart's state.
+# JavaScript run in the page: scroll every interactive chart into view and draw it, then
+# report each chart's state.
+# An interactive chart is its static image until a reader reaches for it: a press on it
+# (pointerdown) draws it, as a tap or a click would.
 SCROLL_ALL_JS = """async () => {
   for (const el of document.querySelectorAll('.fp-chart')) {
     el.scrollIntoView({block: 'center'});
+    if (el.dataset.fpState === 'static') {
+      el.dispatchEvent(new PointerEvent('pointerdown', {bubbles: true}));
+    }
     await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
   }
 }"""
@@ -191,3 +197,53 @@ CHART_STATES_JS = """() => [...document.querySelectorAll('.fp-chart')].map(el =>
       : (svg ? svg.style.backgroundColor : null),
   };
 })"""
+
+# JavaScript run in the page: every chart's static image box (.fp-static; an interactive
+# chart's is its placeholder until drawn), the image its panel shows (exactly one of the
+# four: layout by the panel's width, palette by the page's), the width it is shown at against
+# the width it was laid out at (a scale under 1 would shrink its text), its panel's room, its
+# accessible name and description, and its text at the size it is shown at (read from the
+# SVG file the image shows).
+STATIC_CHARTS_JS = """async () => {
+  const found = [];
+  for (const el of document.querySelectorAll('.fp-static')) {
+    const shown = [...el.querySelectorAll(':scope > img')]
+      .filter(img => getComputedStyle(img).display !== 'none');
+    const img = shown[0];
+    if (img) {
+      img.loading = 'eager';
+      await img.decode().catch(() => null);
+    }
+    const box = img ? img.getBoundingClientRect() : null;
+    const laid = img ? img.naturalWidth : 0;
+    const scale = box && laid ? box.width / laid : 0;
+    const panel = el.closest('.fp-panel');
+    const style = getComputedStyle(panel);
+    let texts = [], theme = null;
+    if (img) {
+      const svg = new DOMParser().parseFromString(await (await fetch(img.currentSrc)).text(),
+                                                  'image/svg+xml');
+      // Labels of one style may share a <text>, each label a positioned <tspan>.
+      texts = [...svg.querySelectorAll('text')].flatMap(t => {
+        const runs = t.querySelectorAll('tspan');
+        return [...(runs.length ? runs : [t])].filter(r => r.textContent.trim()).map(r => ({
+          text: r.textContent.slice(0, 30), size: parseFloat(t.getAttribute('font-size')) * scale,
+          role: t.parentElement.getAttribute('class') || ''}));
+      });
+      theme = img.classList.contains('fp-svg--dark') ? 'dark' : 'light';
+    }
+    found.push({
+      panel: panel.dataset.panel, shown: shown.length, single: el.hasAttribute('data-fp-single'),
+      placeholder: el.classList.contains('fp-placeholder'),
+      visible: el.getBoundingClientRect().height > 0,
+      layout: img ? (img.classList.contains('fp-svg--wide') ? 'wide' : 'narrow') : null,
+      width: box ? box.width : 0, height: box ? box.height : 0, laid, scale,
+      room: el.clientWidth, theme, loaded: img ? img.naturalWidth > 0 : false,
+      content: panel.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight),
+      name: el.getAttribute('aria-label'), role: el.getAttribute('role'),
+      caption: (document.getElementById(el.getAttribute('aria-describedby')) || {}).textContent,
+      texts,
+    });
+  }
+  return found;
+}"""

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.hostile import VISIBLE, write_hostile_trace
-from tests.site_helpers import build_site, serve
+from tests.site_helpers import SCROLL_ALL_JS, build_site, serve
 from tracegen import load_trace
 
 # Pages are files since use_directory_urls: false (mkdocs.yml).
@@ -148,12 +148,8 @@ def visit(browser: Any, url: str, hover: bool) -> dict[str, Any]:
         tooltips: list[str] = []
         injected: list[str] = []
         if hover:
-            page.evaluate(
-                """async () => { for (const el of document.querySelectorAll('.fp-chart')) {
-                  el.scrollIntoView({block: 'center'});
-                  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
-                }}"""
-            )
+            # Every interactive chart drawn (the others are images drawn at build time).
+            page.evaluate(SCROLL_ALL_JS)
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.fp-chart')]"
                 ".every(el => ['rendered', 'error'].includes(el.dataset.fpState))",

@@ -417,8 +417,11 @@ def _line_rows(node: Any) -> list[dict]:
 
 @pytest.mark.parametrize("which", ["synthetic", "synthetic_other"])
 def test_count_words_are_told_apart(which, request):
-    """p8's count words over depth: a categorical palette (no sequential scheme), one colour
-    per word, and the narrator's bet and the model's choice first and drawn heavier."""
+    """p8's count words over depth: each word in the colour of what it is (the colour
+    language, tracegen/colours.py: the bet, the model's choice, a correct answer, another
+    count), the legend naming each, and the narrator's bet and the model's choice first and
+    drawn heavier."""
+    from tracegen.colours import colour_of, meaning_of
     from tracegen.panels import build_panels
     from tracegen.panels.story import count_position, count_tokens
     from tracegen.panels.words import show_token
@@ -431,7 +434,8 @@ def test_count_words_are_told_apart(which, request):
     colour = encoding["color"]["scale"]
     assert "scheme" not in colour
     domain, colours = colour["domain"], colour["range"]
-    assert len(set(colours)) == len(colours) == len(domain)
+    assert len(colours) == len(domain) == len(set(domain))
+    assert colours == [colour_of(meaning_of(name)) for name in domain]
     assert sorted(name.split(" (")[0] for name in domain) == sorted(
         show_token(text) for _, _, text in count_tokens(trace)
     )

@@ -21,6 +21,7 @@ from tests.test_site_browser import (  # noqa: F401 (close_contexts: an autouse 
     close_contexts,
     open_page,
     render_all,
+    static_shown,
 )
 
 pytestmark = pytest.mark.browser
@@ -52,7 +53,13 @@ def test_every_chart_fits_its_panel(browser, base_url, width):
     page = watched.page
     assert_drawn(render_all(page, timeout=60_000))
     charts = page.evaluate(FIT_JS)
-    assert len(charts) >= 10
+    assert len(charts) >= 2
+    # Charts drawn at build time: never wider than their panel, never shown narrower than
+    # laid out (which would shrink their text), unless a prompt in characters that scrolls.
+    static = static_shown(page)
+    assert len(static) + len(charts) == page.locator(".fp-figure").count()
+    bad = [c for c in static if c["width"] > c["room"] + 1 or c["scale"] < 0.99]
+    assert bad == [], f"{width} px: static charts that do not fit: {bad}"
     wide = [c for c in charts if c["width"] > c["room"] + 1]
     assert [c for c in wide if not c["strip"]] == [], f"{width} px: charts wider than their panel"
     assert all(c["cue"] for c in wide), f"{width} px: scrolling without a cue: {wide}"
@@ -89,7 +96,8 @@ def test_chart_text_is_legible(browser, base_url, width):
     page = watched.page
     assert_drawn(render_all(page, timeout=60_000))
     texts = page.evaluate(TEXT_JS)
-    assert len(texts) > 100
+    texts += [text for chart in static_shown(page) for text in chart["texts"]]
+    assert len(texts) > 300
     small = [t for t in texts if t["size"] < 11]
     assert small == [], f"chart text under 11 px: {small[:5]}"
     title_roles = ("role-axis-title", "role-legend-title")
@@ -187,6 +195,11 @@ def test_charts_are_named_images_with_controls_beside_them(browser, base_url):
         " return {name: img && img.getAttribute('aria-label'),"
         " caption: caption ? caption.textContent : null}; })"
     )
+    # Charts drawn at build time: the box of images is the image (each image is decorative).
+    static = static_shown(page)
+    assert len(static) >= 8
+    images += [{"name": c["name"], "caption": c["caption"]} for c in static if c["role"] == "img"]
+    assert len(images) == page.locator(".fp-figure").count()
     for image in images:
         assert image["name"] and image["caption"], image
         assert len(image["name"]) <= 100 and image["name"] != image["caption"], image
@@ -233,11 +246,17 @@ def test_reading_mode_folds_panels_and_is_remembered(browser, base_url):
     page.reload(wait_until="load")
     assert page.locator(".fp-reading-toggle").get_attribute("aria-checked") == "true"
     assert page.locator(".fp-panel:visible").count() == 0
-    # One panel's evidence, on demand; its charts draw when shown.
+    # One panel's evidence, on demand; its charts show when shown (as their image), and an
+    # interactive one draws when reached for.
     button = page.locator("#row-p6 .fp-evidence-toggle")
     button.click()
     assert button.get_attribute("aria-expanded") == "true"
     assert page.locator(".fp-panel:visible").count() == 1
+    page.wait_for_function(
+        "[...document.querySelectorAll('#panel-p6 .fp-static > img')]"
+        ".some(img => img.offsetParent !== null && img.complete && img.naturalWidth > 0)"
+    )
+    page.locator("#panel-p6 .fp-chart").first.dispatch_event("pointerdown")
     page.wait_for_function(
         "[...document.querySelectorAll('#panel-p6 .fp-chart')]"
         ".every(el => el.dataset.fpState === 'rendered')"

@@ -20,6 +20,7 @@ from tests.site_helpers import (
     PANEL_KEYS,
     REPO,
     SCROLL_ALL_JS,
+    STATIC_CHARTS_JS,
     story_lines,
 )
 
@@ -131,6 +132,9 @@ def test_dark_mode_rerenders_charts(browser, base_url):
     assert_drawn(dark)
     for before, after in zip(light, dark, strict=True):
         assert before["background"] != after["background"], (before, after)
+    # The charts drawn at build time show their image in the dark palette.
+    static = static_shown(page)
+    assert len(static) >= 8 and {chart["theme"] for chart in static} == {"dark"}, static
     screenshot(page, "wide-dark")
     watched.check_clean()
 
@@ -209,10 +213,22 @@ CHART_FIT_JS = """() => [...document.querySelectorAll('.fp-chart')].map(el => {
 })"""
 
 
+def static_shown(page: Page) -> list[dict]:
+    """The static images the page shows (an interactive chart's, until it is drawn)."""
+    return [chart for chart in page.evaluate(STATIC_CHARTS_JS) if chart["visible"]]
+
+
 def misfits(page: Page) -> list[dict]:
     """Single-view charts wider than their panel (or than the minimum they ask for), or, in a
-    panel wider than 600 px, narrower than 90% of it."""
+    panel wider than 600 px, narrower than 90% of it; drawn by Vega or shown as their static
+    image, which must also never be shown narrower than it was laid out (its text would
+    shrink)."""
     charts = page.evaluate(CHART_FIT_JS)
+    for chart in static_shown(page):
+        chart["minWidth"] = 0
+        if chart["scale"] < 0.99:
+            chart["width"] = None  # shrunk: a misfit
+        charts.append(chart)
     single = [chart for chart in charts if chart["single"]]
     assert len(single) >= 5, f"expected several single-view charts: {charts}"
     return [
@@ -227,6 +243,7 @@ def misfits(page: Page) -> list[dict]:
 def assert_fit(page: Page, when: str) -> None:
     """Vega lays a "container" chart out again on the window's resize event and draws on the
     next frame; give it a moment, then report what still does not fit."""
+    page.wait_for_timeout(300)  # static images are laid out again by CSS alone
     with contextlib.suppress(PlaywrightTimeout):
         page.wait_for_function(f"() => {{ const c = ({CHART_FIT_JS})().filter(c => c.single);"
                                " return c.every(c => c.width !== null"
@@ -318,20 +335,81 @@ def test_charts_render_from_file_url(browser, built_site):
     assert errors == []
 
 
-def test_static_images_without_javascript(base_url, browser):
-    """With JavaScript off, each chart's <noscript> image shows instead."""
-    context = browser.new_context(viewport=WIDE, java_script_enabled=False)
-    OPEN_CONTEXTS.append(context)
-    page = context.new_page()
-    page.goto(base_url, wait_until="load")
-    images = page.locator(".fp-figure noscript ~ img, .fp-figure img")
-    count = images.count()
-    assert count == page.locator(".fp-chart").count() > 0
-    for index in range(count):
-        image = images.nth(index)
-        image.scroll_into_view_if_needed()
-        image.evaluate("img => img.decode()")  # lazy images load once near the viewport
-        assert image.evaluate("img => img.naturalWidth") > 0
+def test_every_chart_is_an_svg_image_without_javascript(base_url, browser):
+    """With JavaScript off, every chart figure shows one SVG image (its static image, in the
+    light palette, laid out for its panel), named as an image; an interactive one says that
+    it is interactive with scripts on. Nothing waits for a script."""
+    for viewport in (NARROW, WIDE):
+        context = browser.new_context(viewport=viewport, java_script_enabled=False)
+        OPEN_CONTEXTS.append(context)
+        page = context.new_page()
+        page.goto(base_url, wait_until="load")
+        figures = page.locator(".fp-figure").count()
+        charts = page.evaluate(STATIC_CHARTS_JS)
+        assert len(charts) == figures > 10
+        for chart in charts:
+            assert chart["shown"] == 1 and chart["loaded"] and chart["width"] > 0, chart
+            assert chart["theme"] == "light" and chart["role"] == "img" and chart["name"], chart
+            assert chart["layout"] == ("wide" if viewport == WIDE else "narrow"), chart
+        notes = page.locator(".fp-noscript-note")
+        assert notes.count() == page.locator(".fp-chart").count() > 0
+        assert all(notes.nth(i).is_visible() for i in range(notes.count()))
+        assert page.locator(".fp-explore:visible").count() == 0
+
+
+def test_vega_runtime_waits_for_an_interactive_chart(browser, base_url):
+    """The page asks for the Vega runtime only when an interactive chart comes near the
+    viewport (a download: nothing runs), and runs it only when the reader reaches for the
+    chart; charts without interaction never need it."""
+    watched = open_page(browser, base_url, WIDE)
+    page = watched.page
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.wait_for_timeout(1000)
+    interactive = page.eval_on_selector_all(
+        ".fp-chart", "els => els.map(el => el.closest('.fp-panel').dataset.panel)"
+    )
+    first = page.locator(f"#panel-{interactive[0]}")
+    assert first.bounding_box()["y"] > 900 + 600, "the first interactive chart is too near"
+    assert not any(url.endswith("vega-bundle.js") for url in requested), requested
+    assert page.evaluate("typeof window.vegaEmbed") == "undefined"
+    # Every chart above it is already an image, drawn without the runtime.
+    static = page.evaluate(STATIC_CHARTS_JS)
+    above = [c for c in static if PANEL_KEYS.index(c["panel"]) < PANEL_KEYS.index(interactive[0])]
+    assert above and all(c["loaded"] for c in above if c["visible"]), above
+    first.scroll_into_view_if_needed()
+    page.wait_for_function("() => performance.getEntriesByType('resource')"
+                           ".some(e => e.name.endsWith('vega-bundle.js'))")  # fmt: skip
+    page.wait_for_timeout(300)
+    assert page.evaluate("typeof window.vegaEmbed") == "undefined", "ran before it was wanted"
+    chart = first.locator(".fp-chart").first
+    assert chart.get_attribute("data-fp-state") == "static"
+    chart.hover()
+    page.mouse.move(5, 5, steps=3)  # a pointer moving over the chart reaches for it
+    chart.hover()
+    page.wait_for_function(
+        "el => el.dataset.fpState === 'rendered'", arg=chart.element_handle(), timeout=30_000
+    )
+    assert page.evaluate("typeof window.vegaEmbed") == "function"
+    assert_drawn([s for s in page.evaluate(CHART_STATES_JS) if s["state"] == "rendered"])
+    watched.check_clean()
+
+
+def test_explore_button_draws_the_chart_and_moves_focus_to_it(browser, base_url):
+    """From the keyboard: the interactive chart's button draws it, and focus moves to its
+    first control (or the chart)."""
+    watched = open_page(browser, base_url, WIDE)
+    page = watched.page
+    button = page.locator(".fp-explore").first
+    button.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('.fp-chart').dataset.fpState === 'rendered'",
+        timeout=30_000,
+    )
+    assert page.evaluate("document.activeElement.closest('.fp-chart') !== null")
+    assert not button.is_visible()
+    watched.check_clean()
 
 
 # WCAG 2 contrast of each text element's colour, blended over the first opaque background

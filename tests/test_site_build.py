@@ -82,22 +82,42 @@ def test_every_panel_is_on_the_story_page(site: Path) -> None:
     assert len(re.findall(r'class="fp-row"', text)) == len(PANEL_KEYS)
 
 
-def test_every_chart_has_a_static_fallback(site: Path) -> None:
+def test_every_chart_is_an_image_in_the_built_page(site: Path) -> None:
+    """Every chart is drawn at build time: a named image box (the short name, the caption as
+    its description, read once) holding four SVG images (two layouts, two palettes). A chart
+    without interaction is only that (no spec, no script). An interactive one also carries
+    its spec for the runtime, a button to explore it (shown by the script), and a note for
+    readers without scripts; no control of it sits inside an element with role="img"."""
     text = (site / "index.html").read_text(encoding="utf-8")
     figures = re.findall(r'<figure class="fp-figure" id="[\w-]+">(.*?)</figure>', text, re.DOTALL)
     assert figures
+    interactive = [figure for figure in figures if "data-spec=" in figure]
+    assert 0 < len(interactive) <= 4, "expected most charts without interaction"
     for figure in figures:
-        image = re.search(
-            r'<noscript><img src="([^"]+)" alt="([^"]+)" aria-describedby="([\w-]+)"', figure
+        box = re.search(
+            r'<div class="fp-static(?: fp-placeholder)?" role="img" aria-label="([^"]+)" '
+            r'aria-describedby="([\w-]+)"(?: data-fp-single)?>(.*?)</div>',
+            figure,
+            re.DOTALL,
         )
-        assert image, f"no <noscript> image in {figure[:200]}"
-        assert (site / image.group(1)).read_text(encoding="utf-8").lstrip().startswith("<svg")
-        # A short name, and the caption as the description (read once, not as the name too).
-        caption = re.search(rf'<figcaption id="{image.group(3)}">(.*?)</figcaption>', figure)
+        assert box, figure[:300]
+        pattern = r'<img class="fp-svg fp-svg--(\w+) fp-svg--(\w+)" src="([^"]+)" alt=""'
+        images = re.findall(pattern, box.group(3))
+        assert {(layout, theme) for layout, theme, _ in images} == {
+            ("narrow", "light"), ("narrow", "dark"), ("wide", "light"), ("wide", "dark")
+        }, figure[:300]  # fmt: skip
+        for _, _, src in images:
+            assert (site / src).read_text(encoding="utf-8").startswith("<svg"), src
+        name, caption_id = box.group(1), box.group(2)
+        caption = re.search(rf'<figcaption id="{caption_id}">(.*?)</figcaption>', figure)
         assert caption and caption.group(1).strip(), figure[-300:]
-        assert image.group(2) != caption.group(1).strip(), image.group(2)
-        # Controls are drawn inside the chart's host: no role="img" around them.
-        assert 'role="img"' not in figure
+        assert name != caption.group(1).strip(), name
+        if figure in interactive:
+            assert "This chart is interactive with scripts on." in figure
+            assert '<button type="button" class="fp-explore" hidden>' in figure
+            assert 'class="fp-static fp-placeholder"' in figure
+        else:
+            assert "<noscript>" not in figure and "<button" not in figure
 
 
 def test_story_text_is_verbatim(site: Path) -> None:
@@ -264,30 +284,6 @@ def test_two_builds_from_one_trace_are_byte_identical(tmp_path: Path) -> None:
     assert differ == []
     sitemap = (sites[0] / "sitemap.xml").read_text(encoding="utf-8")
     assert re.findall(r"<lastmod>([^<]*)</lastmod>", sitemap)[0] == "1971-01-01"
-
-
-def test_no_chart_uses_one_colour_for_two_meanings(site: Path) -> None:
-    """The colour language (tracegen/colours.py) as the story page serves it: every colour a
-    categorical scale gives names one meaning on its chart; each meaning has the one colour
-    of the mapping on every chart; the colours of the argument (the model, the narrator, a
-    correct answer) mean nothing else anywhere; sequential scales are never reversed."""
-    from tracegen import colours
-
-    uses_by_chart = [colours.colour_uses(json.loads(s)) for s in chart_specs(site / "index.html")]
-    assert sum(1 for uses in uses_by_chart if uses) >= 5, "expected several categorical charts"
-    for index, uses in enumerate(uses_by_chart):
-        meanings: dict[str, set[str | None]] = {}
-        for colour, label, meaning in uses:
-            assert meaning is not None, f"chart {index}: {label!r} has no meaning in colours.py"
-            assert colour == colours.colour_of(meaning), (index, label, colour, meaning)
-            meanings.setdefault(colour, set()).add(meaning)
-        assert all(len(m) == 1 for m in meanings.values()), (index, meanings)
-    reserved = {colours.colour_of(m): m for m in colours.RESERVED}
-    for uses in uses_by_chart:
-        for colour, label, meaning in uses:
-            assert reserved.get(colour, meaning) == meaning, (label, colour, meaning)
-    for spec in chart_specs(site / "index.html"):
-        assert '"reverse":true,"scheme":"viridis"' not in spec.replace(" ", "")
 
 
 def test_one_glyph_per_whitespace_kind_on_every_page(site: Path) -> None:

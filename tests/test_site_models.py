@@ -140,7 +140,16 @@ def test_switcher_swaps_every_panel_keeps_the_place_and_the_url(browser, served,
         assert page.evaluate("() => location.search") == f"?model={slugs[1]}"
         assert [u for u in loaded if u.endswith(f"/models/{slugs[1]}.js")]
         assert gemma["p6"].facts.n_layers == 18
-        # The new charts draw; the paragraph the reader was at stays where it was.
+        # The new charts show (an interactive one as its static image until reached for, then
+        # drawn); the paragraph the reader was at stays where it was.
+        page.wait_for_function(
+            "() => document.querySelector('#panel-p6 .fp-chart').dataset.fpState === 'static'"
+        )
+        shown = page.eval_on_selector_all(
+            "#panel-p6 .fp-static > img", "els => els.map(el => el.getAttribute('src'))"
+        )
+        assert shown and all(slugs[1] in src for src in shown), shown
+        page.locator("#panel-p6 .fp-chart").dispatch_event("pointerdown")
         page.wait_for_function(
             "() => document.querySelector('#panel-p6 .fp-chart').dataset.fpState === 'rendered'"
         )

@@ -7,11 +7,11 @@ choice, its output, the model itself), vermillion always the narrator (the bet, 
 GPT-3), bluish green always a correct answer. Sequential values use viridis in one direction
 only: high is bright (yellow), low is dark.
 
-Panels name the meaning of each category (`colour_of`, `scale_for`). Until every panel does,
-the site build calls `recolour` on each spec, which finds the categories a chart colours by
-their labels (`meaning_of`) and gives them the mapping's colours, so that a chart already
-speaks this language without a change to its panel. `colour_uses` lists what a built spec
-says, for the test that no chart uses one colour for two meanings.
+Panels take their colours from here when they build their specs: a category's colour is
+that of what its label means (`meaning_of`, through `scale_for` and the panels' own
+`panels.style.colour_scale`); sequential scales use `SEQUENTIAL`, never reversed. Nothing
+rewrites a spec afterwards. `colour_uses` lists what a spec says, for the test that no chart
+uses one colour for two meanings.
 """
 
 from __future__ import annotations
@@ -89,19 +89,6 @@ def scale_for(labels: list[str], this_model: str | None = None) -> dict[str, Any
 # --- specs as built by the panels ---------------------------------------------------------------
 
 _COLOUR_CHANNELS = ("color", "fill", "stroke")
-# A label a `calculate` writes: a string literal after `?` or `:` (not one after `==`).
-_LITERAL = re.compile(r'[?:]\s*"((?:[^"\\]|\\.)*)"')
-
-
-def _labels_from_transforms(spec: dict[str, Any], field: str) -> list[str] | None:
-    """The labels a `calculate` transform writes into `field` (`c == "x" ? "label" : ...`)."""
-    for transform in spec.get("transform") or []:
-        if isinstance(transform, dict) and transform.get("as") == field:
-            expr = transform.get("calculate")
-            if isinstance(expr, str):
-                found = [json.loads(f'"{text}"') for text in _LITERAL.findall(expr)]
-                return found or None
-    return None
 
 
 def _this_model(spec: Any) -> str | None:
@@ -114,74 +101,6 @@ def _this_model(spec: Any) -> str | None:
         if (found := _this_model(item)) is not None:
             return found
     return None
-
-
-def recolour(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec with every categorical colour scale given the language's colours (where each
-    of its labels has a meaning) and every sequential scale pointing high = bright."""
-    return _recolour(spec, _all_transforms(spec), _this_model(spec))
-
-
-def _all_transforms(node: Any) -> list[dict[str, Any]]:
-    """Every transform of a spec: layers share a scale, so a label that one layer computes
-    names the same category in its sibling."""
-    found: list[dict[str, Any]] = []
-    if isinstance(node, list):
-        for item in node:
-            found += _all_transforms(item)
-    elif isinstance(node, dict):
-        found += [t for t in node.get("transform") or [] if isinstance(t, dict)]
-        for key, value in node.items():
-            if key not in ("data", "datasets", "transform"):
-                found += _all_transforms(value)
-    return found
-
-
-def _recolour(node: Any, transforms: list[dict[str, Any]], this_model: str | None) -> Any:
-    if isinstance(node, list):
-        return [_recolour(item, transforms, this_model) for item in node]
-    if not isinstance(node, dict):
-        return node
-    inherited = transforms
-    out = {}
-    for key, value in node.items():
-        if key in ("data", "datasets"):
-            out[key] = value
-        elif key == "encoding" and isinstance(value, dict):
-            out[key] = {
-                channel: _recolour_channel(channel, definition, inherited, this_model)
-                for channel, definition in value.items()
-            }
-        else:
-            out[key] = _recolour(value, inherited, this_model)
-    return out
-
-
-def _recolour_channel(
-    channel: str, definition: Any, transforms: list[dict[str, Any]], this_model: str | None
-) -> Any:
-    if channel not in _COLOUR_CHANNELS or not isinstance(definition, dict):
-        return definition
-    scale = definition.get("scale")
-    if not isinstance(scale, dict):
-        return definition
-    if definition.get("type") == "quantitative":
-        if scale.get("reverse") and scale.get("scheme") == SEQUENTIAL:
-            scale = {k: v for k, v in scale.items() if k != "reverse"}
-            return {**definition, "scale": scale}
-        return definition
-    if definition.get("type") not in ("nominal", "ordinal"):
-        return definition
-    labels = scale.get("domain")
-    if not isinstance(labels, list):
-        labels = _labels_from_transforms({"transform": transforms}, definition.get("field", ""))
-    if not labels or not all(isinstance(label, str) for label in labels):
-        return definition
-    fitted = scale_for(labels, this_model)
-    if fitted is None:
-        return definition
-    kept = {k: v for k, v in scale.items() if k not in ("scheme", "range", "domain", "type")}
-    return {**definition, "scale": {**kept, **fitted}}
 
 
 def colour_uses(spec: Any) -> list[tuple[str, str, str | None]]:

@@ -13,7 +13,6 @@ Markers it understands:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 from mkdocs.utils import get_relative_url
 
-from tracegen import card, colours, publish
+from tracegen import card, publish, static_charts
 from tracegen.provenance import Provenance, provenance
 from tracegen.store import ModelCard, Trace, TraceError, load_trace
 from tracegen.text import (
@@ -46,7 +45,6 @@ from tracegen.text import (
     pre_md,
     safe_slug,
     show_token,
-    visible_controls,
 )
 
 log = logging.getLogger("mkdocs.plugins.forward-pass")
@@ -67,10 +65,9 @@ START_MARKER = "<!-- story:start -->"
 PANEL_MARKER = re.compile(r"<!--\s*panel:\s*([\w-]+)\s*-->")
 FILL_MARKER = re.compile(r"<!--\s*fp:\s*([\w-]+)\s*-->")
 
-# vl-convert's bundle and fallback images depend only on the spec; cache them across
-# `mkdocs serve` rebuilds, which re-run the whole plugin.
+# vl-convert's bundle depends on nothing; cache it across `mkdocs serve` rebuilds, which re-run
+# the whole plugin (static_charts caches the images).
 _BUNDLE_CACHE: dict[str, str] = {}
-_SVG_CACHE: dict[str, str | None] = {}
 
 
 class ForwardPassConfig(base.Config):
@@ -79,7 +76,9 @@ class ForwardPassConfig(base.Config):
     # claims page judges every claim for each. Empty: only `trace`.
     traces = c.Type(list, default=[])
     story_page = c.Type(str, default="index.md")
-    # Static images for readers without JavaScript; off speeds up a draft `mkdocs serve`.
+    # Static images of the interactive charts, shown until the reader reaches for one and
+    # without scripts; off speeds up a draft `mkdocs serve`. (Charts without interaction are
+    # always static images.)
     fallback_images = c.Type(bool, default=True)
     # The trace's raw files, one by one and as one zip; off keeps ~70 MB out of the site.
     raw_trace = c.Type(bool, default=True)
@@ -195,17 +194,8 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
                 if made.is_file():
                     content = made.read_text(encoding="utf-8")
                     files.append(File.generated(config, model.made_uri, content=content))
-        self.fallbacks: dict[tuple[str, int], str] = {}
-        if self.config.fallback_images:
-            for panel in self.panels.values():
-                for index, chart in enumerate(panel.charts):
-                    svg = fallback_svg(site_spec(chart.spec))
-                    if svg is None:
-                        continue
-                    slug = safe_slug(self.trace.model.slug)
-                    uri = f"{ASSET_DIR}/fallback/{slug}-{panel.key}-{index}.svg"
-                    files.append(File.generated(config, uri, content=svg))
-                    self.fallbacks[(panel.key, index)] = uri
+        self.mkdocs_config = config
+        self.static_files: set[str] = set()  # the static charts' SVGs (see static_figure)
         return files
 
     def model_of(self, page: Page) -> ModelSite:
@@ -251,16 +241,6 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
                 self.files.append(File.generated(config, model.data_uri, content=script))
         return self.wrap_rows(html_text, page)
 
-    def on_post_page(self, output: str, *, page: Page, config: MkDocsConfig) -> str:
-        """The story page's first chart sits at its top: fetch the Vega runtime alongside the
-        theme's own files instead of after them (forward-pass.js asks for the same URL when a
-        chart nears the viewport, and gets the preloaded copy). Other pages never load it."""
-        if page.file.src_uri != self.config.story_page or "</head>" not in output:
-            return output
-        href = escape(get_relative_url(VEGA_BUNDLE, page.url))
-        preload = f'<link rel="preload" href="{href}" as="script">\n'
-        return output.replace("</head>", preload + "</head>", 1)
-
     def wrap_rows(self, html_text: str, page: Page) -> str:
         """Pair each run of story paragraphs with the panel named by the marker after it."""
         head, sep, story = html_text.partition(START_MARKER)
@@ -291,6 +271,9 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         question = escape(normalise_glyphs(panel.question))
         figures = []
         for index, chart in enumerate(panel.charts):
+            if not is_interactive(chart.spec):
+                figures.append(self.static_figure(key, index, chart, panel, model, page))
+                continue
             # "$schema" is a URL the runtime never fetches; dropping it saves bytes per chart.
             browser_spec = {k: v for k, v in site_spec(chart.spec).items() if k != "$schema"}
             try:  # NaN is not JSON: the browser's JSON.parse would reject the whole spec
@@ -308,29 +291,72 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
             name = escape(chart_name(chart.spec, panel.question, index, len(panel.charts)))
             alt = escape(normalise_glyphs(chart.alt))
             caption_id = f"panel-{key}-caption-{index}"
-            fallback = ""
-            if model.primary and (key, index) in self.fallbacks:
-                src = get_relative_url(self.fallbacks[(key, index)], page.url)
-                interactive = (
-                    '<p class="fp-noscript-note">This chart is interactive with scripts on.</p>'
-                    if is_interactive(chart.spec)
-                    else ""
-                )
-                fallback = (
-                    f'<noscript><img src="{src}" alt="{name}" aria-describedby="{caption_id}" '
-                    f'loading="lazy">{interactive}</noscript>'
-                )
-            # No role="img" here: vega-embed puts its controls (sliders, radios) inside the
-            # host, and controls inside an image are hidden from assistive technology. The
-            # script gives the drawn <svg>/<canvas> the role, the name and the description.
+            # Until the reader reaches for it (a pointer over it, or the button), the chart
+            # is its static image: drawing it takes the Vega runtime and a long task, which
+            # scrolling past it should not pay. Without scripts the image is all there is.
+            placeholder = ""
+            if self.config.fallback_images:
+                placeholder = self.static_box(key, index, chart, model, page, "fp-placeholder")
+            # No role="img" on the chart's host: vega-embed puts its controls (sliders,
+            # radios) inside it, and controls inside an image are hidden from assistive
+            # technology. The script gives the drawn <svg>/<canvas> the role, the name and
+            # the description; the static image before it has its own.
             figures.append(
                 f'<figure class="fp-figure" id="panel-{key}-chart-{index}">'
                 f'<div class="fp-chart" data-name="{name}" data-describedby="{caption_id}" '
                 f"data-renderer=\"{escape(renderer)}\" data-spec='{attr_single(spec)}'>"
                 # vega-embed relabels its host element, so it draws into this inner one.
-                f'<div class="fp-vega"{style}></div></div>{fallback}'
+                f'<div class="fp-vega"{style}></div>{placeholder}</div>'
+                f'<button type="button" class="fp-explore" hidden>Explore this chart: '
+                f"{name}</button>"
+                '<noscript><p class="fp-noscript-note">This chart is interactive with scripts '
+                "on.</p></noscript>"
                 f'<figcaption id="{caption_id}">{alt}</figcaption></figure>'
             )
+        return self.panel_html(key, panel, question, figures)
+
+    def static_figure(
+        self, key: str, index: int, chart: Any, panel: Any, model: ModelSite, page: Page
+    ) -> str:
+        """A chart without interaction, drawn at build time (`tracegen.static_charts`): the
+        page shows it without the Vega runtime, with scripts on or off."""
+        alt = escape(normalise_glyphs(chart.alt))
+        caption_id = f"panel-{key}-caption-{index}"
+        return (
+            f'<figure class="fp-figure" id="panel-{key}-chart-{index}">'
+            f"{self.static_box(key, index, chart, model, page)}"
+            f'<figcaption id="{caption_id}">{alt}</figcaption></figure>'
+        )
+
+    def static_box(
+        self, key: str, index: int, chart: Any, model: ModelSite, page: Page, extra: str = ""
+    ) -> str:
+        """A chart's static images in a box that is the image: the short name, the caption
+        as its description (read once). Its SVG files are added to the site once."""
+        panel = model.panels[key]
+        name = escape(chart_name(chart.spec, panel.question, index, len(panel.charts)))
+        caption_id = f"panel-{key}-caption-{index}"
+        spec = site_spec(chart.spec)
+        svgs = static_charts.static_svgs(spec)
+        srcs = {}
+        for layout in static_charts.LAYOUTS:
+            for theme in static_charts.PALETTES:
+                uri = f"{ASSET_DIR}/charts/{model.slug}-{key}-{index}-{layout}-{theme}.svg"
+                if uri not in self.static_files:
+                    self.static_files.add(uri)
+                    content = static_charts.themed(svgs[layout], theme)
+                    self.files.append(File.generated(self.mkdocs_config, uri, content=content))
+                srcs[(layout, theme)] = escape(get_relative_url(uri, page.url))
+        # One view fills its panel as a drawn chart does (the tests tell the kinds apart).
+        single = not static_charts.is_multi(spec)
+        images = static_charts.images_html(srcs, svgs, single)
+        classes = " ".join(["fp-static", *([extra] if extra else [])])
+        return (
+            f'<div class="{classes}" role="img" aria-label="{name}" '
+            f'aria-describedby="{caption_id}"{" data-fp-single" if single else ""}>{images}</div>'
+        )
+
+    def panel_html(self, key: str, panel: Any, question: str, figures: list[str]) -> str:
         verdict = escape(panel.verdict)
         slug = re.sub(r"[^a-z]+", "-", panel.verdict.lower()).strip("-")
         return (
@@ -362,10 +388,10 @@ def normalise_glyphs(text: str) -> str:
 
 
 def site_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """A panel's spec as the site shows it: in the colour language (`colours.recolour`) and
-    with the site's whitespace glyphs. Both go once the panels write them themselves."""
-    text = json.dumps(spec, ensure_ascii=False)
-    return colours.recolour(json.loads(normalise_glyphs(text)))
+    """A panel's spec as the site shows it: with the site's whitespace glyphs (this goes once
+    the panels write them themselves). Its colours are the panels' own, from
+    `tracegen.colours`."""
+    return json.loads(normalise_glyphs(json.dumps(spec, ensure_ascii=False)))
 
 
 def chart_name(spec: dict[str, Any], question: str, index: int, count: int) -> str:
@@ -476,38 +502,6 @@ def vega_bundle() -> str:
 
         _BUNDLE_CACHE["bundle"] = vl_convert.javascript_bundle()
     return _BUNDLE_CACHE["bundle"]
-
-
-def fallback_svg(spec: dict[str, Any]) -> str | None:
-    """A static SVG of the chart for <noscript>, or None if vl-convert cannot render it."""
-    text = json.dumps(spec, sort_keys=True)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    if digest not in _SVG_CACHE:
-        import vl_convert
-
-        # "container" widths mean nothing without a page; give the static image a fixed one,
-        # a phone's panel or the chart's minimum width (see render_panel).
-        min_width = int((spec.get("usermeta") or {}).get("minWidth") or 0)
-        fixed = {"width": max(360, min_width)} if spec.get("width") == "container" else {}
-        static = visible_in_spec({**spec, **fixed})
-        try:
-            _SVG_CACHE[digest] = vl_convert.vegalite_to_svg(static)
-        except Exception as error:  # vl-convert raises plain ValueError with a long message
-            log.info("forward-pass: no fallback image (%s)", str(error).splitlines()[0])
-            _SVG_CACHE[digest] = None
-    return _SVG_CACHE[digest]
-
-
-def visible_in_spec(value: Any) -> Any:
-    """Every string of a spec with its control characters made visible (`visible_controls`,
-    keeping tabs and newlines): vl-convert aborts the whole process on them."""
-    if isinstance(value, str):
-        return visible_controls(value, keep="\t\n\r")
-    if isinstance(value, dict):
-        return {k: visible_in_spec(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [visible_in_spec(v) for v in value]
-    return value
 
 
 # --- generated Markdown for <!-- fp: NAME --> markers ----------------------------------------

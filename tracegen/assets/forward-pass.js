@@ -6,9 +6,15 @@
  * type="application/json">, because Material's instant navigation re-runs inline scripts and
  * drops their type.
  *
- * - The Vega bundle (served by the site itself) is fetched only when a chart comes near the
- *   viewport, and charts draw one at a time, nearest first, yielding to the page between
- *   them, so that scrolling never waits for every chart at once.
+ * - Every chart is first a static image drawn at build time (tracegen/static_charts.py);
+ *   only interactive ones have a spec here. Such a chart is drawn by Vega when the reader
+ *   reaches for it: a pointer moving over it, a tap or a click on it, or its "Explore this
+ *   chart" button (the keyboard's way; focus then moves to its first control). The Vega
+ *   bundle (served by the site itself) is downloaded, not run, when an interactive chart
+ *   comes near the viewport. Why not draw on scrolling: on a phone-speed CPU (4x slower)
+ *   running the bundle takes ~0.4 s and a first chart ~1 s in one task each, which would
+ *   stall scrolling; a static image costs nothing to scroll past. Charts draw one at a time,
+ *   yielding to the page between them.
  * - Before drawing, a spec is fitted to its panel (`prepare`): views side by side are stacked
  *   and facets wrapped when the panel is narrow, fixed view widths are scaled to the panel,
  *   chart text is at least 11 px (12 px for titles), legend labels are never cut, and a point
@@ -22,7 +28,8 @@
  * - Works with instant navigation (document$) and without it (file://, where document$
  *   never fires): init() is idempotent and runs on both.
  *
- * State for tests and styling: data-fp-state = waiting | rendering | rendered | error, and
+ * State for tests and styling: data-fp-state = static (its image, not drawn yet) | waiting |
+ * rendering | rendered | error, and
  * data-fp-scheme = the palette the chart was last drawn in.
  */
 (function () {
@@ -39,6 +46,18 @@
   var pumping = false;
   var bundle = null;
   var observer = null;
+
+  // Download the runtime without running it (the script element later gets the same copy).
+  var prefetched = false;
+  function prefetchVega() {
+    if (prefetched || window.vegaEmbed) return;
+    prefetched = true;
+    var link = document.createElement("link");
+    link.rel = "preload";
+    link.as = "script";
+    link.href = bundleUrl;
+    document.head.appendChild(link);
+  }
 
   function loadVega() {
     if (window.vegaEmbed) return Promise.resolve();
@@ -504,6 +523,16 @@
         markScrolling(el);
         el.setAttribute("data-fp-scheme", scheme());
         el.setAttribute("data-fp-state", "rendered");
+        if (entry.focusAfter) {
+          // Asked for from the keyboard: go on to the chart's first control, or the chart.
+          entry.focusAfter = false;
+          var control = el.querySelector(".vega-bind input, .vega-bind select");
+          if (!control) {
+            control = el;
+            el.setAttribute("tabindex", "-1");
+          }
+          control.focus();
+        }
         el.dispatchEvent(new CustomEvent("fp:rendered", {bubbles: true}));
       })
       .catch(function (error) {
@@ -551,9 +580,41 @@
     seen.forEach(function (item) {
       if (!item.isIntersecting) return;
       observer.unobserve(item.target);
-      entries.forEach(function (entry) {
-        if (entry.el === item.target) schedule(entry);
+      prefetchVega();
+    });
+  }
+
+  // The reader reached for a chart still shown as its static image: draw it.
+  function activate(entry, fromKeyboard) {
+    if (entry.el.getAttribute("data-fp-state") !== "static") return;
+    entry.focusAfter = Boolean(fromKeyboard);
+    var button = entry.button;
+    if (button) {
+      if (fromKeyboard) button.textContent = "Loading the interactive chart…";
+      else button.hidden = true;
+    }
+    entry.el.setAttribute("data-fp-state", "waiting");
+    schedule(entry);
+  }
+
+  function watchIntent(entry) {
+    var el = entry.el;
+    var figure = el.closest(".fp-figure");
+    entry.button = figure && figure.querySelector(".fp-explore");
+    if (entry.button) {
+      entry.button.hidden = false; // without scripts it could do nothing: hidden until now
+      entry.button.addEventListener("click", function (event) {
+        // Enter/Space on the button give detail 0: the keyboard asked.
+        activate(entry, event.detail === 0);
       });
+    }
+    // A pointer that moves over the chart (not one the page scrolled under it), or a tap.
+    el.addEventListener("pointermove", function (event) {
+      if (event.movementX || event.movementY) activate(entry, false);
+    });
+    el.addEventListener("pointerdown", function () { activate(entry, false); });
+    el.addEventListener("fp:rendered", function () {
+      if (entry.button) entry.button.hidden = true;
     });
   }
 
@@ -571,15 +632,17 @@
     var fresh = document.querySelectorAll(".fp-chart[data-spec]:not([data-fp-state])");
     if (!fresh.length) return;
     if (!observer && "IntersectionObserver" in window) {
-      // The runtime is fetched when the first chart comes this near, not with the page.
+      // The runtime is downloaded when the first interactive chart comes this near.
       observer = new IntersectionObserver(onIntersect, {rootMargin: "600px 0px"});
     }
     fresh.forEach(function (el) {
-      var entry = {el: el, result: null, generation: 0, overhead: null, plots: 0, width: 0};
+      var entry = {el: el, result: null, generation: 0, overhead: null, plots: 0, width: 0,
+                   button: null, focusAfter: false};
       entries.add(entry);
-      el.setAttribute("data-fp-state", "waiting");
+      el.setAttribute("data-fp-state", "static");
+      watchIntent(entry);
       if (observer) observer.observe(el);
-      else schedule(entry);
+      else prefetchVega();
     });
   }
 
@@ -720,7 +783,7 @@
 
   // For tests and the bench: the entries, and how a chart is fitted and configured.
   window.forwardPass = {init: init, entries: entries, prepare: prepare, config: themeConfig,
-                        hasTextStrip: hasTextStrip};
+                        hasTextStrip: hasTextStrip, activate: activate};
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
 })();

@@ -23,7 +23,7 @@ from .story import (
     three_quarters_depth,
     vocabulary,
 )
-from .style import CATEGORICAL, WIDTH
+from .style import WIDTH, colour_scale
 from .types import BORNE_OUT, CONTEXT, MIXED, PanelDef, Words
 from .vega import rounded
 from .words import caption, escape, fmt_num, fmt_pct, layer_span, show_token, token_html
@@ -172,7 +172,7 @@ def attribution_charts(f: AttributionFacts) -> list[alt.TopLevelMixin]:
                 "k:N",
                 title=None,
                 sort=KIND_ORDER,
-                scale=alt.Scale(domain=KIND_ORDER, range=CATEGORICAL[: len(KIND_ORDER)]),
+                scale=alt.Scale(**colour_scale(KIND_ORDER)),
                 legend=alt.Legend(orient="bottom"),
             ),
             tooltip=[

@@ -9,7 +9,7 @@ import altair as alt
 
 from ..store import Trace
 from .story import CountPosition, context_before, count_position, count_tokens, vocabulary
-from .style import WIDTH
+from .style import WIDTH, colour_scale
 from .types import BORNE_OUT, CONTEXT, NOT_BORNE_OUT, PanelDef, Words
 from .vega import sig
 from .words import (
@@ -167,7 +167,7 @@ def candidates_charts(f: CandidatesFacts) -> list[alt.TopLevelMixin]:
             color=alt.Color(
                 "g:N",
                 title=None,
-                scale=alt.Scale(domain=GROUPS, scheme="dark2"),
+                scale=alt.Scale(**colour_scale(GROUPS)),
                 legend=alt.Legend(orient="bottom", columns=2),
             ),
             shape=alt.Shape(

@@ -19,7 +19,7 @@ from .story import (
     three_quarters_depth,
     vocabulary,
 )
-from .style import CANVAS, CATEGORICAL, MIN_WIDTH, SEQUENTIAL, WIDTH
+from .style import CANVAS, MIN_WIDTH, SEQUENTIAL, WIDTH, colour_scale
 from .types import BORNE_OUT, MIXED, NOT_BORNE_OUT, PanelDef, Words
 from .vega import cell_ink, depth_axis, rounded, sig, value_labels
 from .words import (
@@ -292,7 +292,9 @@ def continuation_charts(f: ContinuationFacts) -> list[alt.TopLevelMixin]:
         color=alt.Color(
             "w:N",
             title=None,
-            scale=by_word([CATEGORICAL[i % len(CATEGORICAL)] for i in range(len(names))]),
+            # Each word the colour of what it is: the bet, the model's choice, a correct
+            # answer, another count (several words may share one; the dashes tell them apart).
+            scale=by_word(colour_scale(names)["range"]),
             legend=alt.Legend(orient="right", symbolType="stroke", symbolSize=300),
         ),
         strokeDash=alt.StrokeDash(

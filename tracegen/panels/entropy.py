@@ -112,7 +112,7 @@ def entropy_charts(f: EntropyFacts) -> list[alt.TopLevelMixin]:
         .encode(
             x=x,
             y=alt.Y("d:O", title="depth", sort="descending", axis=alt.Axis(labelOverlap=True)),
-            color=alt.Color("e:Q", title="nats", scale=alt.Scale(scheme=SEQUENTIAL, reverse=True)),
+            color=alt.Color("e:Q", title="nats", scale=alt.Scale(scheme=SEQUENTIAL)),
             tooltip=tooltip,
         )
         .properties(width=WIDTH, height=max(80, 6 * (n_layers + 1)), title="Entropy over depth")

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..store import Trace
 from .story import THREE_QUARTERS, safe_argmax, three_quarters_depth
-from .style import CATEGORICAL, WIDTH
+from .style import WIDTH, colour_scale
 from .types import CONTEXT, PanelDef, Words
 from .vega import label_expr, sig
 from .words import (
@@ -160,7 +160,7 @@ def flops_charts(f: FlopsFacts) -> list[alt.TopLevelMixin]:
         "y": alt.Y("sum(f):Q", title="FLOPs", axis=alt.Axis(format="~s")),
         "color": alt.Color(
             "component:N",
-            scale=alt.Scale(range=CATEGORICAL),
+            scale=alt.Scale(**colour_scale(list(dict.fromkeys(labels.values())))),
             legend=alt.Legend(orient="bottom", title=None, columns=2),
         ),
         "tooltip": [

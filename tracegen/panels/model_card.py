@@ -8,7 +8,7 @@ import altair as alt
 
 from ..store import Trace
 from .story import GPT3_LAYERS, GPT3_PARAMS, STORY_TOKEN
-from .style import CATEGORICAL, WIDTH
+from .style import WIDTH, colour_scale
 from .types import CONTEXT, PanelDef, Words
 from .words import caption, count, escape, fmt_count, fmt_int, js_string, ordinal, plural
 
@@ -122,7 +122,7 @@ def model_card_charts(f: ModelCardFacts) -> list[alt.TopLevelMixin]:
             y=y,
             color=alt.Color(
                 "model:N",
-                scale=alt.Scale(domain=[f.slug, gpt3], range=CATEGORICAL[1:3]),
+                scale=alt.Scale(**colour_scale([f.slug, gpt3], this_model=f.slug)),
                 legend=None,
             ),
             tooltip=tooltip,

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..store import Trace
 from .story import GPT3_LAYERS, STORY_LAYER, answer_position, story_depth, vocabulary
-from .style import SEQUENTIAL, WIDTH
+from .style import SEQUENTIAL, WIDTH, colour_scale
 from .types import BORNE_OUT, MIXED, NOT_BORNE_OUT, PanelDef, Words
 from .vega import cell_ink, columns, depth_axis, indexed, label_expr, rounded
 from .words import (
@@ -267,7 +267,7 @@ def residual_charts(f: ResidualFacts) -> list[alt.TopLevelMixin]:
             ),
             color=alt.Color(
                 "measure:N",
-                scale=alt.Scale(scheme="dark2"),
+                scale=alt.Scale(**colour_scale(list(measure_names.values()))),
                 legend=alt.Legend(orient="bottom", title=None),
             ),
             strokeDash=alt.StrokeDash("measure:N", legend=alt.Legend(orient="bottom", title=None)),

@@ -1,25 +1,29 @@
-"""The panels' visual language: chart width, colour scales and the palette for categories.
-Colours are left to the site's theme except for data scales."""
+"""The panels' visual language: chart width, and colour scales from the site's one colour
+language (`tracegen.colours`: a colour per meaning). Colours are left to the site's theme
+except for data scales."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from .. import colours
+
 WIDTH = 440
-SEQUENTIAL = "viridis"  # perceptually uniform and colour-blind safe
+SEQUENTIAL = colours.SEQUENTIAL  # perceptually uniform, colour-blind safe; high = bright
 DIVERGING = "blueorange"
-# Categories (words, models) get the Okabe-Ito palette, colour-blind safe, with grey for its
-# black so that every colour reads on the light and the dark page; yellow, faint on white, last.
-CATEGORICAL = [
-    "#D55E00",  # vermillion
-    "#0072B2",  # blue
-    "#E69F00",  # orange
-    "#009E73",  # bluish green
-    "#CC79A7",  # reddish purple
-    "#56B4E9",  # sky blue
-    "#999999",  # grey
-    "#F0E442",  # yellow
-]
 # Dense marks (hundreds to thousands of cells) draw faster on a canvas; the site reads this.
 CANVAS = {"renderer": "canvas"}
 # usermeta key: the narrowest a single view may be drawn, in px (axes and legends included);
 # in a narrower panel it keeps this width and scrolls sideways. The site reads this.
 MIN_WIDTH = "minWidth"
+
+
+def colour_scale(labels: Sequence[str], this_model: str | None = None) -> dict[str, Any]:
+    """A categorical colour scale (Vega-Lite's domain and range, for `alt.Scale(**...)`)
+    that gives each label the colour of what it means (`colours.meaning_of`). A label the
+    colour language has no word for (a component a trace names in its own words) is "rest",
+    grey, never a colour taken at random: that would say something no other chart says with
+    it. The committed traces' charts name every label (tests/test_colours.py)."""
+    meanings = [colours.meaning_of(label, this_model) or "rest" for label in labels]
+    return {"domain": list(labels), "range": [colours.colour_of(m) for m in meanings]}
