@@ -301,3 +301,21 @@ def test_one_glyph_per_whitespace_kind_on_every_page(site: Path) -> None:
         assert glyph in guide.group(1)
     for verdict in ("borne out", "not borne out", "mixed", "context"):
         assert f"<dt>{verdict}</dt>" in guide.group(1)
+
+
+def test_card_and_charts_draw_tokens_with_control_characters() -> None:
+    """A random model's tokens hold control characters, on which vl-convert aborts the whole
+    process (so the drawing runs in a child here): they are drawn as their pictures."""
+    code = (
+        "import sys; from tracegen.store import load_trace; from tracegen.card import card_png;"
+        "from tracegen.static_charts import laid_out;"
+        f"trace = load_trace({str(DEFAULT_TRACE)!r});"
+        "trace.generated_strings = ['\\x1c' + s for s in trace.generated_strings];"
+        "trace.token_strings = ['\\x1c\\x07' + s for s in trace.token_strings];"
+        "png = card_png(trace); assert png[:4] == b'\\x89PNG', png[:8];"
+        "spec = {'data': {'values': [{'t': 'a\\x1cb'}]}, 'mark': 'text',"
+        " 'encoding': {'text': {'field': 't'}}};"
+        "assert '\\u241cb' in laid_out(spec, 300)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -119,4 +119,6 @@ def card_png(trace: Trace) -> bytes:
     no URL may be fetched, not even a font."""
     import vl_convert
 
-    return vl_convert.vegalite_to_png(card_spec(trace), allowed_base_urls=[])
+    from .text import visible_in_spec
+
+    return vl_convert.vegalite_to_png(visible_in_spec(card_spec(trace)), allowed_base_urls=[])

@@ -262,21 +262,9 @@ def _reflow(node: Any, width: int, scale: float) -> None:
 def _draw(spec: dict[str, Any], width: int) -> str:
     import vl_convert
 
-    return vl_convert.vegalite_to_svg(_visible(spec), config=theme_config(width))
+    from .text import visible_in_spec
 
-
-def _visible(value: Any) -> Any:
-    """Every string of a spec with its control characters made visible (keeping tabs and
-    newlines): vl-convert aborts the whole process on them."""
-    from .text import visible_controls
-
-    if isinstance(value, str):
-        return visible_controls(value, keep="\t\n\r")
-    if isinstance(value, dict):
-        return {k: _visible(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_visible(v) for v in value]
-    return value
+    return vl_convert.vegalite_to_svg(visible_in_spec(spec), config=theme_config(width))
 
 
 def svg_width(svg: str) -> float:

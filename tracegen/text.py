@@ -91,6 +91,19 @@ def visible_controls(text: str, keep: str = "") -> str:
     return text.translate({k: v for k, v in _CONTROL_PICTURES.items() if chr(k) not in keep})
 
 
+def visible_in_spec(value: Any) -> Any:
+    """Every string of a chart spec with its control characters made visible (keeping tabs
+    and newlines): vl-convert aborts the whole process on them (a random model's tokens hold
+    them)."""
+    if isinstance(value, str):
+        return visible_controls(value, keep="\t\n\r")
+    if isinstance(value, dict):
+        return {key: visible_in_spec(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [visible_in_spec(item) for item in value]
+    return value
+
+
 def terminal_text(text: str) -> str:
     """Trace text for a terminal: control characters as pictures, and invisible format
     characters (right-to-left overrides, zero-width joiners: Unicode category Cf) as \\u
