@@ -358,9 +358,9 @@ def test_every_chart_is_an_svg_image_without_javascript(base_url, browser):
 
 
 def test_vega_runtime_waits_for_an_interactive_chart(browser, base_url):
-    """The page asks for the Vega runtime only when an interactive chart comes near the
-    viewport (a download: nothing runs), and runs it only when the reader reaches for the
-    chart; charts without interaction never need it."""
+    """A reader who only scrolls never fetches the Vega runtime, not even past interactive
+    charts; a pointer entering one downloads it (nothing runs), and reaching for the chart
+    runs it; charts without interaction never need it."""
     watched = open_page(browser, base_url, WIDE)
     page = watched.page
     requested: list[str] = []
@@ -377,12 +377,18 @@ def test_vega_runtime_waits_for_an_interactive_chart(browser, base_url):
     static = page.evaluate(STATIC_CHARTS_JS)
     above = [c for c in static if PANEL_KEYS.index(c["panel"]) < PANEL_KEYS.index(interactive[0])]
     assert above and all(c["loaded"] for c in above if c["visible"]), above
+    page.mouse.move(5, 5)
     first.scroll_into_view_if_needed()
+    page.evaluate("window.scrollBy(0, document.body.scrollHeight)")  # past every chart
+    page.wait_for_timeout(1000)
+    assert not any(url.endswith("vega-bundle.js") for url in requested), requested
+    first.scroll_into_view_if_needed()
+    chart = first.locator(".fp-chart").first
+    chart.dispatch_event("pointerenter")
     page.wait_for_function("() => performance.getEntriesByType('resource')"
                            ".some(e => e.name.endsWith('vega-bundle.js'))")  # fmt: skip
     page.wait_for_timeout(300)
     assert page.evaluate("typeof window.vegaEmbed") == "undefined", "ran before it was wanted"
-    chart = first.locator(".fp-chart").first
     assert chart.get_attribute("data-fp-state") == "static"
     chart.hover()
     page.mouse.move(5, 5, steps=3)  # a pointer moving over the chart reaches for it
