@@ -476,8 +476,6 @@ def build_panel_map(trace: Trace) -> dict[str, Any]:
         if panel.key in panels:
             raise PluginError(f"forward-pass: build_panels returned panel {panel.key!r} twice")
         panels[panel.key] = panel
-    # The static images, drawn now in parallel; the pages then read them from the cache.
-    static_charts.draw_all([site_spec(chart.spec) for panel in built for chart in panel.charts])
     return panels
 
 

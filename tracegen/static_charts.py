@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
 from typing import Any
 
@@ -378,15 +377,6 @@ def static_svgs(spec: dict[str, Any]) -> dict[str, str]:
             layout: compact(laid_out(spec, width)) for layout, width in LAYOUTS.items()
         }
     return _CACHE[digest]
-
-
-def draw_all(specs: list[dict[str, Any]]) -> None:
-    """Draw every chart's layouts at once, one thread per core: vl-convert renders outside
-    Python's lock, and the charts are most of a build's time (about 0.4 s a drawing)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(static_svgs, specs))
 
 
 def images_html(srcs: dict[tuple[str, str], str], svgs: dict[str, str], single: bool) -> str:
