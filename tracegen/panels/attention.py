@@ -30,6 +30,9 @@ SINK_SHARE = 0.5
 # (in thousandths), at most STRIP_TOP of them: the rest would be invisible anyway.
 STRIP_MIN_PERMILLE = 10
 STRIP_TOP = 12
+# The heatmap has at most this many columns: a longer prompt's positions are summed in spans
+# of equal length (2,078 positions drawn one by one made a 1.6 MB image; the story's 186 fit).
+HEAT_COLUMNS = 192
 
 
 def attention_from(trace: Trace, position: int) -> np.ndarray:
@@ -199,18 +202,22 @@ def attention_charts(f: AttentionFacts) -> list[alt.TopLevelMixin]:
     )
 
     # Heatmap: layer x prompt position, mean over heads, in thousandths to keep it compact.
-    heat_rows = [{"l": layer + 1, "a": permille(mean[layer])} for layer in range(n_layers)]
+    span = -(-mean.shape[1] // HEAT_COLUMNS)  # positions a column: 1 up to HEAT_COLUMNS
+    padded = np.pad(mean, ((0, 0), (0, -mean.shape[1] % span)))
+    spans = padded.reshape(n_layers, -1, span).sum(-1)  # [L, columns]: attention on each span
+    heat_rows = [{"l": layer + 1, "a": permille(spans[layer])} for layer in range(n_layers)]
+    where = "prompt position" if span == 1 else f"prompt position, {span} tokens a column"
     heat = (
         alt.Chart(alt.Data(values=heat_rows))
         .transform_flatten(["a"])
         .transform_window(_n="row_number()", groupby=["l"])
-        .transform_calculate(p="datum._n - 1", share="datum.a / 1000")
+        .transform_calculate(p=f"(datum._n - 1) * {span}", share="datum.a / 1000")
         .transform_lookup(lookup="p", from_=alt.LookupData(alt.NamedData("tokens"), "p", ["t"]))
         .mark_rect()
         .encode(
             x=alt.X(
                 "p:O",
-                title="prompt position (the answer is predicted at the right end)",
+                title=f"{where} (the answer is predicted at the right end)",
                 axis=alt.Axis(labels=False, ticks=False),
             ),
             y=alt.Y("l:O", title="layer", axis=alt.Axis(labelOverlap=True)),
@@ -223,7 +230,7 @@ def attention_charts(f: AttentionFacts) -> list[alt.TopLevelMixin]:
             opacity=alt.condition("datum.l == layer", alt.value(1), alt.value(0.75)),
             tooltip=[
                 alt.Tooltip("l:O", title="layer"),
-                alt.Tooltip("p:O", title="position"),
+                alt.Tooltip("p:O", title="position" if span == 1 else "from position"),
                 alt.Tooltip("t:N", title="token"),
                 alt.Tooltip("share:Q", title="mean attention", format=".1%"),
             ],
