@@ -27,8 +27,8 @@ import torch
 from .families import Adapter, FamilyError
 from .keep import AttentionKeeper, head_scores, kept_error
 from .policy import DEFAULT_POLICY, AttentionPolicy, parse_policy
+from .store import ACTIVATIONS
 
-RESIDUAL_NAMES = ("resid_in", "resid_out", "attn_out", "mlp_out")
 QKV_NAMES = ("q_norm", "k_norm", "v_norm")
 ATTENTION_NAME = "tracegen"
 
@@ -323,6 +323,7 @@ class Tracer:
         self.policy = policy or parse_policy(DEFAULT_POLICY)
         self.keeper = AttentionKeeper(self.policy, len(adapter.blocks), self.prompt_ids)
         self.fed = 0  # positions recorded so far
+        self.forward_parameters = inspect.signature(model.forward).parameters
         self.device = input_device(model)
         self.inline = adapter.family.qkv != "interface"
         self.records: list[list[dict[str, torch.Tensor]]] = []  # per pass, per block
@@ -342,7 +343,7 @@ class Tracer:
         # the last position's logits are needed (the next token; the determinism check): all
         # of them would be N x vocabulary floats, 1.6 GB at 8,192 positions. The lens and the
         # gate work from the recorded residual stream and the reference pass instead.
-        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+        if "logits_to_keep" in self.forward_parameters:
             kwargs["logits_to_keep"] = 1
         return self.model(ids, use_cache=True, output_attentions=self.inline, **kwargs)
 
@@ -381,8 +382,7 @@ class Tracer:
         limit = steps if steps is not None else max_steps
         eos_ids = _eos_ids(self.tokenizer, self.model)
         # transformers 5 renamed `past_key_values` to `cache`; older releases know the former.
-        parameters = inspect.signature(self.model.forward).parameters
-        cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        cache_argument = "cache" if "cache" in self.forward_parameters else "past_key_values"
         self.stop_reason = f"reached {limit} steps"
         while True:
             next_id = int(self.logits[-1][-1].argmax())
@@ -480,7 +480,7 @@ class Tracer:
         layers = []
         for index in range(len(self.adapter.blocks)):
             per_pass = [records[index] for records in self.records]
-            layer = {name: torch.cat([r[name] for r in per_pass], dim=0) for name in RESIDUAL_NAMES}
+            layer = {name: torch.cat([r[name] for r in per_pass], dim=0) for name in ACTIVATIONS}
             for name in QKV_NAMES:
                 layer[name] = torch.cat([r[name] for r in per_pass], dim=1)
             layer.update(self.keeper.tensors(index, n_positions))
