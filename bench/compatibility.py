@@ -25,8 +25,8 @@ OUT = REPO / "docs" / "compatibility.md"
 CHECKS = ("lens_logprobs", "block_identity", "attention", "qk_scores", "attribution_sum")
 # Known deviations and limits, per family (from tracegen/families.py and capture.py).
 NOTES = {
-    "falcon": "attention is computed inline: q/k/v come from the model's own `_split_heads` "
-    "and `apply_rotary_pos_emb`, wrapped during the pass",
+    "falcon": "needs transformers >= 5.25, whose Falcon dispatches through the attention "
+    "interface (ALiBi folded into the mask); older releases are refused in one line",
     "bloom": "attention is computed inline: q/k/v come from the model's own `_reshape`; "
     "attention and MLP return residual + write, so the write is their output minus it",
     "opt": "post-LayerNorm configs (`do_layer_norm_before=False`, e.g. opt-350m) and "

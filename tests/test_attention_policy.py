@@ -18,8 +18,9 @@ torch = pytest.importorskip("torch", reason="tracing needs the trace extra: pip 
 pytestmark = pytest.mark.model
 STEPS = 3
 POLICIES = ("full", "rows:4", "topk:3")
-# The recorder path (llama), the inline Falcon path, and a sliding window with q/k norms.
-POLICY_FAMILIES = ("llama", "falcon", "gemma3-sliding-qknorm")
+# The recorder path (llama), Falcon through it with ALiBi in a per-head mask, the inline path
+# (BLOOM), and a sliding window with q/k norms.
+POLICY_FAMILIES = ("llama", "falcon-alibi", "bloom-alibi", "gemma3-sliding-qknorm")
 
 
 @pytest.fixture(scope="module", params=POLICY_FAMILIES)

@@ -209,6 +209,33 @@ def test_a_hybrid_model_is_refused(capsys, tmp_path):
     assert "layers 0, 1, 2 have no attention (a hybrid" in line
 
 
+@pytest.mark.parametrize("installed", ["5.24.0", "4.46.3"])
+def test_falcon_before_the_release_it_is_declared_for_is_refused(
+    installed, capsys, tiny_model_dir, tmp_path, monkeypatch
+):
+    """Falcon's entry matches transformers 5.25's modeling code (attention through the
+    interface, no `_split_heads`); an older transformers is refused in one line before the
+    forward pass, naming both versions and the fix."""
+    from tracegen import families
+
+    monkeypatch.setattr(families, "transformers_version", lambda: installed)
+    line = refusal(capsys, tiny_model_dir("falcon"), tmp_path)
+    assert line == (
+        f"tracegen: error: cannot trace FalconForCausalLM with transformers {installed}: "
+        "tracegen's declaration of it matches the modeling code of transformers >= 5.25; "
+        "pip install 'transformers>=5.25'"
+    )
+
+
+def test_only_falcon_declares_a_release():
+    """The version check is data in the table, not a probe of the modeling code: the one
+    family whose code moved under it says since when its declaration holds."""
+    from tracegen.families import FAMILIES
+
+    declared = {name: family.since for name, family in FAMILIES.items() if family.since}
+    assert declared == {"FalconForCausalLM": "5.25"}
+
+
 def test_a_hybrid_layer_without_attention_is_refused(tiny_model_dir):
     """A table entry whose blocks are not all attention blocks is named, layer and module."""
     from transformers import AutoModelForCausalLM

@@ -11,8 +11,9 @@ windows are a few tokens wide (shorter than a test prompt), softcaps and ``clip_
 enough to bite on small random activations, and multipliers are far from 1.
 
 The comment above each family says whether its transformers modeling file dispatches attention
-through ``ALL_ATTENTION_FUNCTIONS`` (checked against transformers 5.24). Falcon and BLOOM compute
-attention inline instead, so a hook on the attention interface does not see them.
+through ``ALL_ATTENTION_FUNCTIONS`` (checked against transformers 5.25). BLOOM computes attention
+inline instead, so a hook on the attention interface does not see it; Falcon did too up to
+transformers 5.24, and tracegen refuses Falcon there (``Family.since``).
 
 Partial rotary is given with the legacy kwargs (``partial_rotary_factor``, ``rotary_pct``);
 transformers 5 moves them into ``config.rope_parameters``, transformers 4 reads them directly.
@@ -263,7 +264,7 @@ CASES: tuple[Case, ...] = (
         switches="parallel residual (one LayerNorm), per-head LayerNorm on q and k, rotary 0.25",
         example_ids=("stabilityai/stablelm-2-12b",),
     ),
-    # --- Falcon: ALL_ATTENTION_FUNCTIONS: NO (attention computed inline in FalconAttention) ------
+    # --- Falcon: ALL_ATTENTION_FUNCTIONS: yes since 5.25 (ALiBi folded into the mask) -----------
     Case(
         name="falcon",
         config_class="FalconConfig",

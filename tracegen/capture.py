@@ -6,8 +6,8 @@ returns and what its attention and MLP write. The attention function registered 
 `transformers.AttentionInterface` as "tracegen" receives every layer's query, key and value
 after projection, q/k norms and rotary embedding, calls the modeling file's own
 `eager_attention_forward` (so Gemma keeps its soft-cap), and keeps the per-head norms and the
-attention probabilities. Falcon and BLOOM compute attention inline; for them a wrapper around
-their own q/k/v split (and rotary function) does the same.
+attention probabilities. BLOOM computes attention inline; for it a wrapper around its own
+q/k/v split does the same.
 
 The result covers positions 0..N-1: the prompt's tokens, then each generated token that was
 fed back in. The last generated token is predicted but never fed, so it has no position.
@@ -174,8 +174,8 @@ class Recorder:
         ]
 
     def _hook_inline_attention(self, index: int) -> None:
-        """Falcon and BLOOM: q/k/v from their own split method, rotary from their own
-        function; scores as their forward computes them (q·k scaled, plus ALiBi)."""
+        """BLOOM: q/k/v [B, heads, T, d_head] from its own split method; scores as its
+        forward computes them (q·k scaled, plus ALiBi)."""
         attention = self.adapter.attention(index)
         family = self.adapter.family
         split = getattr(attention, family.qkv)
@@ -190,12 +190,6 @@ class Recorder:
 
         def after(module, args, kwargs, output):
             query, key, value = seen.pop("qkv")
-            if not family.qkv_heads_first:  # [B, T, heads, d_head] -> [B, heads, T, d_head]
-                query, key, value = (x.transpose(1, 2) for x in (query, key, value))
-            if family.rotary and seen.get("alibi") is None:
-                rotate = sys.modules[type(module).__module__].apply_rotary_pos_emb
-                cos, sin = seen["position_embeddings"]
-                query, key = rotate(query, key, cos, sin)
             alibi = seen.get("alibi")
 
             def scores(q: torch.Tensor, k: torch.Tensor, heads: slice) -> torch.Tensor:
@@ -339,7 +333,7 @@ class Tracer:
             use_attention(model, ATTENTION_NAME)
 
     def _forward(self, ids: torch.Tensor, **kwargs):
-        # Falcon and BLOOM hand their probabilities out only through output_attentions. Only
+        # BLOOM hands its probabilities out only through output_attentions. Only
         # the last position's logits are needed (the next token; the determinism check): all
         # of them would be N x vocabulary floats, 1.6 GB at 8,192 positions. The lens and the
         # gate work from the recorded residual stream and the reference pass instead.
@@ -461,7 +455,7 @@ class Tracer:
         try:
             with torch.inference_mode():
                 # Eager attention layers return their probabilities to the hook either way;
-                # Falcon and BLOOM only when asked.
+                # BLOOM only when asked.
                 outputs = self.model(ids, use_cache=False, output_attentions=self.inline)
         finally:
             for handle in handles:
