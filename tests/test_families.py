@@ -85,7 +85,7 @@ def hand_count(name: str, config, n_tokens: int) -> list[float]:
     gated = not name.startswith(not_gated) or name == "phi3"
     attn_proj = 2 * t * d * d_head * (2 * heads + 2 * kv_heads)
     attn_scores = 2 * 2 * heads * t * t * d_head
-    if name == "mixtral":
+    if name in ("mixtral", "gpt-oss"):  # GPT-OSS's expert and router biases are not counted
         experts, per_token = config.num_local_experts, config.num_experts_per_tok
         mlp = 2 * t * (d * experts + per_token * 3 * d * config.intermediate_size)
     elif name == "qwen3-moe":
@@ -154,12 +154,29 @@ def test_norms_that_do_not_enter_the_scores_are_refused(tiny_model_dir, tmp_path
 
     original = capture.Recorder.on_attention
 
-    def before_the_norm(self, index, query, key, value, weights, mask, scores):
-        original(self, index, query * 1.5, key, value, weights, mask, scores)
+    def before_the_norm(self, index, query, key, value, weights, mask, scores, **kwargs):
+        original(self, index, query * 1.5, key, value, weights, mask, scores, **kwargs)
 
     monkeypatch.setattr(capture.Recorder, "on_attention", before_the_norm)
     with pytest.raises(GateError, match=r"qk_scores failed at layer \d"):
         run(str(tiny_model_dir("qwen3-qknorm")), out=tmp_path / "x", steps=1, quiet=True)
+
+
+def test_sinks_left_out_of_the_scores_are_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """GPT-OSS's per-head sink logit joins the softmax: queries and keys alone do not give
+    the probabilities the layer used, so a recorder that forgets the sink fails qk_scores."""
+    from tracegen import capture
+    from tracegen.runner import run
+    from tracegen.verify import GateError
+
+    original = capture.Recorder.on_attention
+
+    def without_sinks(self, *args, sinks=None):
+        original(self, *args, sinks=None)
+
+    monkeypatch.setattr(capture.Recorder, "on_attention", without_sinks)
+    with pytest.raises(GateError, match=r"qk_scores failed at layer \d"):
+        run(str(tiny_model_dir("gpt-oss")), out=tmp_path / "x", steps=1, quiet=True)
 
 
 def save_model(folder: Path, config) -> Path:

@@ -117,6 +117,26 @@ CASES: tuple[Case, ...] = (
         switches="per-head q/k norm, MoE on every layer, 4 experts top-2, renormalised top-k",
         example_ids=("Qwen/Qwen3-30B-A3B",),
     ),
+    # --- GPT-OSS: ALL_ATTENTION_FUNCTIONS: yes (sinks passed as s_aux) ---------------------------
+    Case(
+        name="gpt-oss",
+        config_class="GptOssConfig",
+        kwargs={
+            **_LLAMA_SIZE_GQA,
+            "num_hidden_layers": 3,
+            "head_dim": 16,
+            "intermediate_size": 128,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+            "tie_word_embeddings": False,
+        },
+        switches="attention sinks (a learned logit per head joins every softmax), MoE with a "
+        "biased router, 4 experts top-2, clamped SwiGLU, sliding window 4 / full alternation, "
+        "q/k/v/o bias, YaRN rotary, GQA 4q/2kv",
+        example_ids=("openai/gpt-oss-20b",),
+    ),
     # --- Gemma: ALL_ATTENTION_FUNCTIONS: yes ---------------------------------------------------
     Case(
         name="gemma",
@@ -222,6 +242,22 @@ CASES: tuple[Case, ...] = (
         },
         switches="as cohere plus per-head LayerNorm on q and k",
         example_ids=("CohereForAI/c4ai-command-r-plus",),
+    ),
+    # --- Cohere 2: ALL_ATTENTION_FUNCTIONS: yes -----------------------------------------------
+    Case(
+        name="cohere2-sliding",
+        config_class="Cohere2Config",
+        kwargs={
+            **_LLAMA_SIZE_GQA,
+            "num_hidden_layers": 3,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+            "logit_scale": 0.25,
+            "tie_word_embeddings": True,
+        },
+        switches="parallel attn+MLP, sliding window 4 with rotary on 2 of 3 layers, the full "
+        "layer without positions (NoPE), logit_scale 0.25",
+        example_ids=("CohereLabs/c4ai-command-r7b-12-2024",),
     ),
     # --- Granite: ALL_ATTENTION_FUNCTIONS: yes -------------------------------------------------
     Case(

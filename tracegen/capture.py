@@ -60,7 +60,9 @@ _ACTIVE: list[Recorder] = []
 
 def _recording_attention(module, query, key, value, attention_mask, **kwargs):
     """Registered as attn_implementation="tracegen": the modeling file's own eager attention,
-    recorded. query [B, H, T, d_head], key/value [B, G, keys, d_head], post norm and rotary."""
+    recorded. query [B, H, T, d_head], key/value [B, G, keys, d_head], post norm and rotary.
+    A model with attention sinks (GPT-OSS) passes its per-head sink logits [H] as `s_aux`,
+    the interface's name for them."""
     eager = sys.modules[type(module).__module__].eager_attention_forward
     output, weights = eager(module, query, key, value, attention_mask, **kwargs)
     if _ACTIVE:
@@ -72,8 +74,9 @@ def _recording_attention(module, query, key, value, attention_mask, **kwargs):
             return torch.tanh(logits / softcap) * softcap if softcap else logits
 
         _ACTIVE[-1].on_attention(
-            module.layer_idx, query, key, value, weights, attention_mask, scores
-        )
+            module.layer_idx, query, key, value, weights, attention_mask, scores,
+            sinks=kwargs.get("s_aux"),
+        )  # fmt: skip
     return output, weights
 
 
@@ -96,6 +99,7 @@ class Recorder:
         self.first_position = first_position
         self.records: list[dict[str, torch.Tensor]] = [{} for _ in adapter.blocks]
         self.score_errors = [0.0] * len(adapter.blocks)
+        self.has_sinks = False  # some layer's attention passed sink logits (s_aux)
         self.handles: list = []
         self.undo: list[Callable[[], None]] = []
 
@@ -118,10 +122,14 @@ class Recorder:
         # clone: Falcon adds attention into the MLP's output tensor in place.
         self.records[index][name] = tensor.detach().to("cpu", torch.float32, copy=True)
 
-    def on_attention(self, index, query, key, value, weights, mask, scores) -> None:
+    def on_attention(self, index, query, key, value, weights, mask, scores, sinks=None) -> None:
         """Per-head norms of what enters the scores, what the policy keeps of the
         probabilities, and (unless `scores` is None) a check that the probabilities follow
-        from these very queries and keys."""
+        from these very queries and keys, and from the sink logits [H] where the model has
+        them: each head's sink joins the softmax as one more column, which is then dropped,
+        so a row of probabilities sums to less than 1."""
+        if sinks is not None:
+            self.has_sinks = True
         rows = query.shape[2]
         self._keep(index, "q_norm", query[0].float().norm(dim=-1))  # [H, T]
         self._keep(index, "k_norm", key[0, :, -rows:].float().norm(dim=-1))  # [G, T]
@@ -139,7 +147,12 @@ class Recorder:
             if mask is not None:  # [B, 1 or H, T, keys]: Falcon's ALiBi folds into the mask
                 head_mask = mask[:, one] if mask.shape[1] > 1 else mask
                 logits = logits + head_mask[..., : keys.shape[-2]].float()
-            error = (logits.softmax(-1) - weights[:, one].float()).abs().max()
+            if sinks is not None:  # [B, 1, T, 1]: this head's sink logit on every row
+                sink = sinks[one].float().view(1, 1, 1, 1).expand(*logits.shape[:-1], 1)
+                probs = torch.cat([logits, sink], dim=-1).softmax(-1)[..., :-1]
+            else:
+                probs = logits.softmax(-1)
+            error = (probs - weights[:, one].float()).abs().max()
             self.score_errors[index] = max(self.score_errors[index], float(error))
 
     def _hook_block(self, index: int, block) -> None:

@@ -89,6 +89,8 @@ FAMILIES: dict[str, Family] = {
     "Qwen2ForCausalLM": replace(LLAMA, name="qwen2"),
     "Qwen3ForCausalLM": replace(LLAMA, name="qwen3"),
     "Qwen3MoeForCausalLM": replace(MOE, name="qwen3_moe"),
+    # Attention sinks reach the recorder as the interface's `s_aux`; no declaration needed.
+    "GptOssForCausalLM": replace(MOE, name="gpt_oss", router="router"),
     "GemmaForCausalLM": replace(LLAMA, name="gemma"),
     "Gemma2ForCausalLM": replace(
         POST_NORMS, name="gemma2", logit_softcap="final_logit_softcapping"
@@ -101,6 +103,8 @@ FAMILIES: dict[str, Family] = {
     "OlmoForCausalLM": replace(LLAMA, name="olmo"),
     "Olmo2ForCausalLM": replace(POST_NORMS, name="olmo2"),
     "CohereForCausalLM": replace(LLAMA, name="cohere", logit_scale="logit_scale"),
+    # Sliding-window layers with rotary, full layers without positions; parallel like Cohere.
+    "Cohere2ForCausalLM": replace(LLAMA, name="cohere2", logit_scale="logit_scale"),
     "GraniteForCausalLM": replace(
         LLAMA, name="granite", write_scale="residual_multiplier", logit_divisor="logits_scaling"
     ),
