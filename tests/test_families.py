@@ -179,6 +179,39 @@ def test_sinks_left_out_of_the_scores_are_refused(tiny_model_dir, tmp_path, monk
         run(str(tiny_model_dir("gpt-oss")), out=tmp_path / "x", steps=1, quiet=True)
 
 
+def test_the_sink_share_is_what_rows_miss(traces):
+    """GPT-OSS's rows sum to less than 1: head_sink is the share they miss, averaged over
+    prompt queries 1..n-1, as the stored full matrix gives it (float16, so to 1e-3). A model
+    without sinks has no head_sink, and asking for it is one line."""
+    from tracegen import TraceError
+
+    trace = load_trace(traces("gpt-oss"))
+    assert trace.manifest["gate"]["attention_rows_sum_to_one"] is False
+    n = trace.n_prompt
+    sinks = trace.derived("head_sink")
+    assert sinks.shape == (trace.n_layers, trace.model.n_heads) and sinks.max() > 0.01
+    for layer in range(trace.n_layers):
+        square = trace.layer(layer, "attn_probs")[:, 1:n, :n]  # [H, n-1, n]
+        np.testing.assert_allclose(sinks[layer], (1 - square.sum(-1)).mean(-1), atol=1e-3)
+    plain = load_trace(traces("llama"))
+    assert plain.manifest["gate"]["attention_rows_sum_to_one"] is True
+    assert not plain.has_derived("head_sink")
+    with pytest.raises(TraceError, match=r"derived.safetensors has no head_sink: it is written"):
+        plain.derived("head_sink")
+
+
+def test_a_sink_share_that_is_not_the_models_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    from tracegen import keep
+    from tracegen.runner import run
+    from tracegen.verify import GateError
+
+    original = keep.sink_shares
+    monkeypatch.setattr(keep, "sink_shares", lambda probs: original(probs) + 0.01)
+    with pytest.raises(GateError, match=r"head_scores failed at layer \d+: error 0\.01"):
+        run(str(tiny_model_dir("gpt-oss")), out=tmp_path / "t", steps=2, quiet=True)
+    assert not (tmp_path / "t").exists()
+
+
 def save_model(folder: Path, config) -> Path:
     from transformers import AutoModelForCausalLM
 

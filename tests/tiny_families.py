@@ -130,6 +130,16 @@ CASES: tuple[Case, ...] = (
             "num_experts_per_tok": 2,
             "sliding_window": 4,
             "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+            # GPT-OSS's YaRN, its factor matching build_config's 512 positions over these 16
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 32.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 16,
+            },
             "tie_word_embeddings": False,
         },
         switches="attention sinks (a learned logit per head joins every softmax), MoE with a "

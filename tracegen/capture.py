@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .families import Adapter, FamilyError
-from .keep import AttentionKeeper, head_scores, kept_error
+from .keep import AttentionKeeper, head_scores, kept_error, sink_shares
 from .policy import DEFAULT_POLICY, AttentionPolicy, parse_policy
 from .store import ACTIVATIONS
 
@@ -46,6 +46,9 @@ class Capture:
     policy: AttentionPolicy
     attention_rows: list[int] | None  # rows:R: the positions whose rows are kept
     head_scores: torch.Tensor  # [L, 3, H] float32, policy.HEAD_SCORES over the prompt
+    # [L, H] float32: the share of each head's prompt rows that went to its attention sink
+    # (keep.sink_shares); None for a model without sinks, whose rows sum to 1
+    head_sink: torch.Tensor | None
     layer_seconds: list[float]  # per block, from the recorded prompt pass
     score_errors: list[float]  # per block: recomputed q·k softmax vs the weights the layer used
     determinism_max_abs_diff: float
@@ -302,7 +305,7 @@ class Reference:
     logits: torch.Tensor | None  # [N, V] float32; dropped once lens_errors are measured
     attention_errors: list[float]  # per block: max |recorded - own| probability
     row_sum_errors: list[float]  # per block: max |sum of a row of the model's own - 1|
-    head_score_errors: list[float]  # per block: max |recorded - recomputed| head score
+    head_score_errors: list[float]  # per block: max |recorded - own| head score or sink share
     lens_errors: list[float] | None = None  # per position (verify.lens_errors)
 
 
@@ -335,6 +338,7 @@ class Tracer:
         self.inline = adapter.family.qkv != "interface"
         self.records: list[list[dict[str, torch.Tensor]]] = []  # per pass, per block
         self.score_errors = [0.0] * len(adapter.blocks)
+        self.has_sinks = False  # some layer's attention passed sink logits
         self.logits: list[torch.Tensor] = []  # per pass: [1, V], its last position's
         self.generated: list[int] = []
         self.stop_reason = ""
@@ -369,6 +373,7 @@ class Tracer:
                 "(a config switch that bypasses transformers' attention interface)"
             )
         self.records.append(recorder.records)
+        self.has_sinks = self.has_sinks or recorder.has_sinks
         self.score_errors = [
             max(a, b) for a, b in zip(self.score_errors, recorder.score_errors, strict=True)
         ]
@@ -452,9 +457,13 @@ class Tracer:
                     capture.policy, capture.layers[index], own, capture.attention_rows
                 )
                 row_sum_errors[index] = float((own.sum(-1) - 1.0).abs().max())
-                scores = head_scores(own[:, :n_prompt, :n_prompt], self.keeper.pairs)
-                recorded = capture.head_scores[index]
-                head_score_errors[index] = float((scores - recorded).abs().max())
+                prompt = own[:, :n_prompt, :n_prompt]
+                scores = head_scores(prompt, self.keeper.pairs)
+                error = (scores - capture.head_scores[index]).abs().max()
+                if capture.head_sink is not None:
+                    sinks = sink_shares(prompt)
+                    error = max(error, (sinks - capture.head_sink[index]).abs().max())
+                head_score_errors[index] = float(error)
 
             return hook
 
@@ -506,6 +515,7 @@ class Tracer:
             policy=self.policy,
             attention_rows=rows if self.policy.kind == "rows" else None,
             head_scores=self.keeper.head_scores(),
+            head_sink=self.keeper.sink_shares() if self.has_sinks else None,
             layer_seconds=self.layer_seconds,
             score_errors=self.score_errors,
             determinism_max_abs_diff=self.max_diff,
