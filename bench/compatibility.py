@@ -35,6 +35,9 @@ NOTES = {
     "gemma3": "attribution sums to the logit before the final soft-cap",
     "mixtral": "FLOPs count the router and the experts per token, not which experts ran",
     "qwen3_moe": "FLOPs count the router and the experts per token, not which experts ran",
+    "gpt_oss": "attention sinks: rows sum to less than 1; the q·k check puts each head's sink "
+    "logit in the softmax, and `head_sink` records the sink's share; FLOPs count the router "
+    "and the experts per token, not which experts ran",
     "gpt2": "`reorder_and_upcast_attn=True` bypasses the attention interface and is refused",
 }
 HEADER = """# Compatibility
