@@ -14,6 +14,8 @@ import pytest
 from tracegen import TraceError, load_trace
 from tracegen.policy import HEAD_SCORES, PolicyError, parse_activations, parse_policy
 
+from .conftest import skip_if_transformers_too_old
+
 torch = pytest.importorskip("torch", reason="tracing needs the trace extra: pip install '.[trace]'")
 pytestmark = pytest.mark.model
 STEPS = 3
@@ -34,10 +36,11 @@ def traces(request, tiny_model_dir, tmp_path_factory):
     for policy in POLICIES:
         out = tmp_path_factory.mktemp("policy") / policy.replace(":", "-")
         activations = policy if policy.startswith("rows") else "all"
-        made[policy] = load_trace(
-            run(str(folder), out=out, steps=STEPS, quiet=True, attention=policy,
-                activations=activations)
-        )  # fmt: skip
+        with skip_if_transformers_too_old():
+            made[policy] = load_trace(
+                run(str(folder), out=out, steps=STEPS, quiet=True, attention=policy,
+                    activations=activations)
+            )  # fmt: skip
     return made
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from tracegen import load_trace
 
+from .conftest import skip_if_transformers_too_old
 from .tiny_families import CASES, case_by_name
 
 torch = pytest.importorskip("torch", reason="tracing needs the trace extra: pip install '.[trace]'")
@@ -32,9 +33,10 @@ def traces(tiny_model_dir, tmp_path_factory):
         if name not in made:
             out = tmp_path_factory.mktemp(f"family-{name}") / name
             # Every row kept, so the gate's attention check covers every row and key.
-            made[name] = run(
-                str(tiny_model_dir(name)), out=out, steps=3, quiet=True, attention="full"
-            )
+            with skip_if_transformers_too_old():
+                made[name] = run(
+                    str(tiny_model_dir(name)), out=out, steps=3, quiet=True, attention="full"
+                )
         return made[name]
 
     return trace
@@ -302,10 +304,11 @@ def test_a_hybrid_layer_without_attention_is_refused(tiny_model_dir):
 def test_bfloat16_passes_the_gate(name, tiny_model_dir, tmp_path):
     from tracegen.runner import run
 
-    trace = load_trace(
-        run(str(tiny_model_dir(name)), out=tmp_path / name, steps=2, dtype="bfloat16",
-            quiet=True)
-    )  # fmt: skip
+    with skip_if_transformers_too_old():
+        trace = load_trace(
+            run(str(tiny_model_dir(name)), out=tmp_path / name, steps=2, dtype="bfloat16",
+                quiet=True)
+        )  # fmt: skip
     gate = trace.manifest["gate"]
     assert gate["passed"] and gate["dtype"] == "bfloat16"
     # Not trivially loose: the half-precision errors are far from zero but within tolerance.

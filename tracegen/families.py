@@ -34,6 +34,10 @@ class FamilyError(ModelError):
     """The model cannot be traced: unknown family, or a configuration tracegen refuses."""
 
 
+class TransformersTooOld(FamilyError):
+    """The installed transformers predates the release the family's declaration matches."""
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -228,7 +232,7 @@ def family_of(model: nn.Module) -> Family:
         raise FamilyError(f"cannot trace {name}: {_what_it_lacks(model)}")
     installed = transformers_version()
     if family.since and Version(installed) < Version(family.since):
-        raise FamilyError(
+        raise TransformersTooOld(
             f"cannot trace {name} with transformers {installed}: tracegen's declaration of it "
             f"matches the modeling code of transformers >= {family.since}; "
             f"pip install 'transformers>={family.since}'"
