@@ -202,6 +202,27 @@ def test_the_sink_share_is_what_rows_miss(traces):
         plain.derived("head_sink")
 
 
+def test_a_sink_share_of_the_wrong_shape_is_refused_on_load(traces, tmp_path):
+    """head_sink is optional, but where a trace has it its shape is checked like the rest."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from tracegen import TraceError
+
+    target = tmp_path / "trace"
+    shutil.copytree(traces("gpt-oss"), target)
+    path = target / "derived.safetensors"
+    with safe_open(str(path), framework="numpy") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        metadata = handle.metadata()
+    tensors["head_sink"] = tensors["head_sink"][:, :-1].copy()
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(TraceError, match=r"tensor head_sink has shape \[3, 3\], expected \[3, 4\]"):
+        load_trace(target)
+
+
 def test_a_sink_share_that_is_not_the_models_is_refused(tiny_model_dir, tmp_path, monkeypatch):
     from tracegen import keep
     from tracegen.runner import run
