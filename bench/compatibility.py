@@ -25,8 +25,8 @@ OUT = REPO / "docs" / "compatibility.md"
 CHECKS = ("lens_logprobs", "block_identity", "attention", "qk_scores", "attribution_sum")
 # Known deviations and limits, per family (from tracegen/families.py and capture.py).
 NOTES = {
-    "falcon": "attention is computed inline: q/k/v come from the model's own `_split_heads` "
-    "and `apply_rotary_pos_emb`, wrapped during the pass",
+    "falcon": "needs transformers >= 5.25, whose Falcon dispatches through the attention "
+    "interface (ALiBi folded into the mask); older releases are refused in one line",
     "bloom": "attention is computed inline: q/k/v come from the model's own `_reshape`; "
     "attention and MLP return residual + write, so the write is their output minus it",
     "opt": "post-LayerNorm configs (`do_layer_norm_before=False`, e.g. opt-350m) and "
@@ -35,6 +35,9 @@ NOTES = {
     "gemma3": "attribution sums to the logit before the final soft-cap",
     "mixtral": "FLOPs count the router and the experts per token, not which experts ran",
     "qwen3_moe": "FLOPs count the router and the experts per token, not which experts ran",
+    "gpt_oss": "attention sinks: rows sum to less than 1; the q·k check puts each head's sink "
+    "logit in the softmax, and `head_sink` records the sink's share; FLOPs count the router "
+    "and the experts per token, not which experts ran",
     "gpt2": "`reorder_and_upcast_attn=True` bypasses the attention interface and is refused",
 }
 HEADER = """# Compatibility

@@ -14,12 +14,15 @@ import pytest
 from tracegen import TraceError, load_trace
 from tracegen.policy import HEAD_SCORES, PolicyError, parse_activations, parse_policy
 
+from .conftest import skip_if_transformers_too_old
+
 torch = pytest.importorskip("torch", reason="tracing needs the trace extra: pip install '.[trace]'")
 pytestmark = pytest.mark.model
 STEPS = 3
 POLICIES = ("full", "rows:4", "topk:3")
-# The recorder path (llama), the inline Falcon path, and a sliding window with q/k norms.
-POLICY_FAMILIES = ("llama", "falcon", "gemma3-sliding-qknorm")
+# The recorder path (llama), Falcon through it with ALiBi in a per-head mask, the inline path
+# (BLOOM), a sliding window with q/k norms, and attention sinks (GPT-OSS: rows sum below 1).
+POLICY_FAMILIES = ("llama", "falcon-alibi", "bloom-alibi", "gemma3-sliding-qknorm", "gpt-oss")
 
 
 @pytest.fixture(scope="module", params=POLICY_FAMILIES)
@@ -33,10 +36,11 @@ def traces(request, tiny_model_dir, tmp_path_factory):
     for policy in POLICIES:
         out = tmp_path_factory.mktemp("policy") / policy.replace(":", "-")
         activations = policy if policy.startswith("rows") else "all"
-        made[policy] = load_trace(
-            run(str(folder), out=out, steps=STEPS, quiet=True, attention=policy,
-                activations=activations)
-        )  # fmt: skip
+        with skip_if_transformers_too_old():
+            made[policy] = load_trace(
+                run(str(folder), out=out, steps=STEPS, quiet=True, attention=policy,
+                    activations=activations)
+            )  # fmt: skip
     return made
 
 
@@ -106,6 +110,34 @@ def test_every_layout_builds_the_panels_and_says_what_is_missing(traces):
     assert "does not name" not in words["full"] and "does not name" not in words["rows:4"]
     assert "<code>--attention topk:3</code>" in words["topk:3"]
     assert "does not name" in words["topk:3"]
+
+
+def test_learned_sinks_are_named_with_their_share_under_every_layout(traces):
+    """Where the model has learned sinks (GPT-OSS), the attention and heads panels say what
+    share goes to the sink rather than to any token: from the answer position, 1 - its row's
+    sum in the full matrix, the same under every layout (topk: 1 - kept - rest). A model
+    without sinks gets no such sentence."""
+    from tracegen.panels import build_panels
+    from tracegen.panels.story import answer_position
+
+    full = traces["full"]
+    position = answer_position(full)
+    rows = [full.layer(i, "attn_probs")[:, position] for i in range(full.n_layers)]
+    expected = float(np.mean([1.0 - row.sum(-1) for row in rows]))
+    has_sinks = full.has_derived("head_sink")
+    assert has_sinks == (full.manifest["model"]["family"] == "gpt_oss")
+    for policy, trace in traces.items():
+        panels = {panel.key: panel for panel in build_panels(trace)}
+        attention, heads = panels["p3"], panels["p4"]
+        if not has_sinks:
+            assert attention.facts.learned_sink_now is None and heads.facts.learned_sink is None
+            assert "learned sink" not in attention.caption + heads.caption, policy
+            continue
+        assert attention.facts.learned_sink_now == pytest.approx(expected, abs=2e-3), policy
+        assert expected > 1e-3  # the tiny model's sinks take a visible share
+        assert "learned sink, a logit that joins the softmax" in attention.caption
+        assert "Learned sinks: a row here sums to less than 1" in heads.caption
+        np.testing.assert_array_equal(heads.facts.learned_sink, full.derived("head_sink"))
 
 
 def test_layouts_differ_in_size_as_the_schema_says(traces):

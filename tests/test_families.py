@@ -14,6 +14,7 @@ import pytest
 
 from tracegen import load_trace
 
+from .conftest import skip_if_transformers_too_old
 from .tiny_families import CASES, case_by_name
 
 torch = pytest.importorskip("torch", reason="tracing needs the trace extra: pip install '.[trace]'")
@@ -32,9 +33,10 @@ def traces(tiny_model_dir, tmp_path_factory):
         if name not in made:
             out = tmp_path_factory.mktemp(f"family-{name}") / name
             # Every row kept, so the gate's attention check covers every row and key.
-            made[name] = run(
-                str(tiny_model_dir(name)), out=out, steps=3, quiet=True, attention="full"
-            )
+            with skip_if_transformers_too_old():
+                made[name] = run(
+                    str(tiny_model_dir(name)), out=out, steps=3, quiet=True, attention="full"
+                )
         return made[name]
 
     return trace
@@ -85,7 +87,7 @@ def hand_count(name: str, config, n_tokens: int) -> list[float]:
     gated = not name.startswith(not_gated) or name == "phi3"
     attn_proj = 2 * t * d * d_head * (2 * heads + 2 * kv_heads)
     attn_scores = 2 * 2 * heads * t * t * d_head
-    if name == "mixtral":
+    if name in ("mixtral", "gpt-oss"):  # GPT-OSS's expert and router biases are not counted
         experts, per_token = config.num_local_experts, config.num_experts_per_tok
         mlp = 2 * t * (d * experts + per_token * 3 * d * config.intermediate_size)
     elif name == "qwen3-moe":
@@ -154,12 +156,83 @@ def test_norms_that_do_not_enter_the_scores_are_refused(tiny_model_dir, tmp_path
 
     original = capture.Recorder.on_attention
 
-    def before_the_norm(self, index, query, key, value, weights, mask, scores):
-        original(self, index, query * 1.5, key, value, weights, mask, scores)
+    def before_the_norm(self, index, query, key, value, weights, mask, scores, **kwargs):
+        original(self, index, query * 1.5, key, value, weights, mask, scores, **kwargs)
 
     monkeypatch.setattr(capture.Recorder, "on_attention", before_the_norm)
     with pytest.raises(GateError, match=r"qk_scores failed at layer \d"):
         run(str(tiny_model_dir("qwen3-qknorm")), out=tmp_path / "x", steps=1, quiet=True)
+
+
+def test_sinks_left_out_of_the_scores_are_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """GPT-OSS's per-head sink logit joins the softmax: queries and keys alone do not give
+    the probabilities the layer used, so a recorder that forgets the sink fails qk_scores."""
+    from tracegen import capture
+    from tracegen.runner import run
+    from tracegen.verify import GateError
+
+    original = capture.Recorder.on_attention
+
+    def without_sinks(self, *args, sinks=None):
+        original(self, *args, sinks=None)
+
+    monkeypatch.setattr(capture.Recorder, "on_attention", without_sinks)
+    with pytest.raises(GateError, match=r"qk_scores failed at layer \d"):
+        run(str(tiny_model_dir("gpt-oss")), out=tmp_path / "x", steps=1, quiet=True)
+
+
+def test_the_sink_share_is_what_rows_miss(traces):
+    """GPT-OSS's rows sum to less than 1: head_sink is the share they miss, averaged over
+    prompt queries 1..n-1, as the stored full matrix gives it (float16, so to 1e-3). A model
+    without sinks has no head_sink, and asking for it is one line."""
+    from tracegen import TraceError
+
+    trace = load_trace(traces("gpt-oss"))
+    assert trace.manifest["gate"]["attention_rows_sum_to_one"] is False
+    n = trace.n_prompt
+    sinks = trace.derived("head_sink")
+    assert sinks.shape == (trace.n_layers, trace.model.n_heads) and sinks.max() > 0.01
+    for layer in range(trace.n_layers):
+        square = trace.layer(layer, "attn_probs")[:, 1:n, :n]  # [H, n-1, n]
+        np.testing.assert_allclose(sinks[layer], (1 - square.sum(-1)).mean(-1), atol=1e-3)
+    plain = load_trace(traces("llama"))
+    assert plain.manifest["gate"]["attention_rows_sum_to_one"] is True
+    assert not plain.has_derived("head_sink")
+    with pytest.raises(TraceError, match=r"derived.safetensors has no head_sink: it is written"):
+        plain.derived("head_sink")
+
+
+def test_a_sink_share_of_the_wrong_shape_is_refused_on_load(traces, tmp_path):
+    """head_sink is optional, but where a trace has it its shape is checked like the rest."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from tracegen import TraceError
+
+    target = tmp_path / "trace"
+    shutil.copytree(traces("gpt-oss"), target)
+    path = target / "derived.safetensors"
+    with safe_open(str(path), framework="numpy") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        metadata = handle.metadata()
+    tensors["head_sink"] = tensors["head_sink"][:, :-1].copy()
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(TraceError, match=r"tensor head_sink has shape \[3, 3\], expected \[3, 4\]"):
+        load_trace(target)
+
+
+def test_a_sink_share_that_is_not_the_models_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    from tracegen import keep
+    from tracegen.runner import run
+    from tracegen.verify import GateError
+
+    original = keep.sink_shares
+    monkeypatch.setattr(keep, "sink_shares", lambda probs: original(probs) + 0.01)
+    with pytest.raises(GateError, match=r"head_scores failed at layer \d+: error 0\.01"):
+        run(str(tiny_model_dir("gpt-oss")), out=tmp_path / "t", steps=2, quiet=True)
+    assert not (tmp_path / "t").exists()
 
 
 def save_model(folder: Path, config) -> Path:
@@ -209,6 +282,33 @@ def test_a_hybrid_model_is_refused(capsys, tmp_path):
     assert "layers 0, 1, 2 have no attention (a hybrid" in line
 
 
+@pytest.mark.parametrize("installed", ["5.24.0", "4.46.3"])
+def test_falcon_before_the_release_it_is_declared_for_is_refused(
+    installed, capsys, tiny_model_dir, tmp_path, monkeypatch
+):
+    """Falcon's entry matches transformers 5.25's modeling code (attention through the
+    interface, no `_split_heads`); an older transformers is refused in one line before the
+    forward pass, naming both versions and the fix."""
+    from tracegen import families
+
+    monkeypatch.setattr(families, "transformers_version", lambda: installed)
+    line = refusal(capsys, tiny_model_dir("falcon"), tmp_path)
+    assert line == (
+        f"tracegen: error: cannot trace FalconForCausalLM with transformers {installed}: "
+        "tracegen's declaration of it matches the modeling code of transformers >= 5.25; "
+        "pip install 'transformers>=5.25'"
+    )
+
+
+def test_only_falcon_declares_a_release():
+    """The version check is data in the table, not a probe of the modeling code: the one
+    family whose code moved under it says since when its declaration holds."""
+    from tracegen.families import FAMILIES
+
+    declared = {name: family.since for name, family in FAMILIES.items() if family.since}
+    assert declared == {"FalconForCausalLM": "5.25"}
+
+
 def test_a_hybrid_layer_without_attention_is_refused(tiny_model_dir):
     """A table entry whose blocks are not all attention blocks is named, layer and module."""
     from transformers import AutoModelForCausalLM
@@ -225,10 +325,11 @@ def test_a_hybrid_layer_without_attention_is_refused(tiny_model_dir):
 def test_bfloat16_passes_the_gate(name, tiny_model_dir, tmp_path):
     from tracegen.runner import run
 
-    trace = load_trace(
-        run(str(tiny_model_dir(name)), out=tmp_path / name, steps=2, dtype="bfloat16",
-            quiet=True)
-    )  # fmt: skip
+    with skip_if_transformers_too_old():
+        trace = load_trace(
+            run(str(tiny_model_dir(name)), out=tmp_path / name, steps=2, dtype="bfloat16",
+                quiet=True)
+        )  # fmt: skip
     gate = trace.manifest["gate"]
     assert gate["passed"] and gate["dtype"] == "bfloat16"
     # Not trivially loose: the half-precision errors are far from zero but within tolerance.

@@ -11,8 +11,9 @@ windows are a few tokens wide (shorter than a test prompt), softcaps and ``clip_
 enough to bite on small random activations, and multipliers are far from 1.
 
 The comment above each family says whether its transformers modeling file dispatches attention
-through ``ALL_ATTENTION_FUNCTIONS`` (checked against transformers 5.24). Falcon and BLOOM compute
-attention inline instead, so a hook on the attention interface does not see them.
+through ``ALL_ATTENTION_FUNCTIONS`` (checked against transformers 5.25). BLOOM computes attention
+inline instead, so a hook on the attention interface does not see it; Falcon did too up to
+transformers 5.24, and tracegen refuses Falcon there (``Family.since``).
 
 Partial rotary is given with the legacy kwargs (``partial_rotary_factor``, ``rotary_pct``);
 transformers 5 moves them into ``config.rope_parameters``, transformers 4 reads them directly.
@@ -115,6 +116,36 @@ CASES: tuple[Case, ...] = (
         },
         switches="per-head q/k norm, MoE on every layer, 4 experts top-2, renormalised top-k",
         example_ids=("Qwen/Qwen3-30B-A3B",),
+    ),
+    # --- GPT-OSS: ALL_ATTENTION_FUNCTIONS: yes (sinks passed as s_aux) ---------------------------
+    Case(
+        name="gpt-oss",
+        config_class="GptOssConfig",
+        kwargs={
+            **_LLAMA_SIZE_GQA,
+            "num_hidden_layers": 3,
+            "head_dim": 16,
+            "intermediate_size": 128,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+            # GPT-OSS's YaRN, its factor matching build_config's 512 positions over these 16
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 32.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 16,
+            },
+            "tie_word_embeddings": False,
+        },
+        switches="attention sinks (a learned logit per head joins every softmax), MoE with a "
+        "biased router, 4 experts top-2, clamped SwiGLU, sliding window 4 / full alternation, "
+        "q/k/v/o bias, YaRN rotary, GQA 4q/2kv",
+        example_ids=("openai/gpt-oss-20b",),
     ),
     # --- Gemma: ALL_ATTENTION_FUNCTIONS: yes ---------------------------------------------------
     Case(
@@ -222,6 +253,22 @@ CASES: tuple[Case, ...] = (
         switches="as cohere plus per-head LayerNorm on q and k",
         example_ids=("CohereForAI/c4ai-command-r-plus",),
     ),
+    # --- Cohere 2: ALL_ATTENTION_FUNCTIONS: yes -----------------------------------------------
+    Case(
+        name="cohere2-sliding",
+        config_class="Cohere2Config",
+        kwargs={
+            **_LLAMA_SIZE_GQA,
+            "num_hidden_layers": 3,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+            "logit_scale": 0.25,
+            "tie_word_embeddings": True,
+        },
+        switches="parallel attn+MLP, sliding window 4 with rotary on 2 of 3 layers, the full "
+        "layer without positions (NoPE), logit_scale 0.25",
+        example_ids=("CohereLabs/c4ai-command-r7b-12-2024",),
+    ),
     # --- Granite: ALL_ATTENTION_FUNCTIONS: yes -------------------------------------------------
     Case(
         name="granite",
@@ -263,7 +310,7 @@ CASES: tuple[Case, ...] = (
         switches="parallel residual (one LayerNorm), per-head LayerNorm on q and k, rotary 0.25",
         example_ids=("stabilityai/stablelm-2-12b",),
     ),
-    # --- Falcon: ALL_ATTENTION_FUNCTIONS: NO (attention computed inline in FalconAttention) ------
+    # --- Falcon: ALL_ATTENTION_FUNCTIONS: yes since 5.25 (ALiBi folded into the mask) -----------
     Case(
         name="falcon",
         config_class="FalconConfig",

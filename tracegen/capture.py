@@ -6,8 +6,8 @@ returns and what its attention and MLP write. The attention function registered 
 `transformers.AttentionInterface` as "tracegen" receives every layer's query, key and value
 after projection, q/k norms and rotary embedding, calls the modeling file's own
 `eager_attention_forward` (so Gemma keeps its soft-cap), and keeps the per-head norms and the
-attention probabilities. Falcon and BLOOM compute attention inline; for them a wrapper around
-their own q/k/v split (and rotary function) does the same.
+attention probabilities. BLOOM computes attention inline; for it a wrapper around its own
+q/k/v split does the same.
 
 The result covers positions 0..N-1: the prompt's tokens, then each generated token that was
 fed back in. The last generated token is predicted but never fed, so it has no position.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .families import Adapter, FamilyError
-from .keep import AttentionKeeper, head_scores, kept_error
+from .keep import AttentionKeeper, head_scores, kept_error, sink_shares
 from .policy import DEFAULT_POLICY, AttentionPolicy, parse_policy
 from .store import ACTIVATIONS
 
@@ -46,6 +46,9 @@ class Capture:
     policy: AttentionPolicy
     attention_rows: list[int] | None  # rows:R: the positions whose rows are kept
     head_scores: torch.Tensor  # [L, 3, H] float32, policy.HEAD_SCORES over the prompt
+    # [L, H] float32: the share of each head's prompt rows that went to its attention sink
+    # (keep.sink_shares); None for a model without sinks, whose rows sum to 1
+    head_sink: torch.Tensor | None
     layer_seconds: list[float]  # per block, from the recorded prompt pass
     score_errors: list[float]  # per block: recomputed q·k softmax vs the weights the layer used
     determinism_max_abs_diff: float
@@ -60,7 +63,9 @@ _ACTIVE: list[Recorder] = []
 
 def _recording_attention(module, query, key, value, attention_mask, **kwargs):
     """Registered as attn_implementation="tracegen": the modeling file's own eager attention,
-    recorded. query [B, H, T, d_head], key/value [B, G, keys, d_head], post norm and rotary."""
+    recorded. query [B, H, T, d_head], key/value [B, G, keys, d_head], post norm and rotary.
+    A model with attention sinks (GPT-OSS) passes its per-head sink logits [H] as `s_aux`,
+    the interface's name for them."""
     eager = sys.modules[type(module).__module__].eager_attention_forward
     output, weights = eager(module, query, key, value, attention_mask, **kwargs)
     if _ACTIVE:
@@ -72,8 +77,9 @@ def _recording_attention(module, query, key, value, attention_mask, **kwargs):
             return torch.tanh(logits / softcap) * softcap if softcap else logits
 
         _ACTIVE[-1].on_attention(
-            module.layer_idx, query, key, value, weights, attention_mask, scores
-        )
+            module.layer_idx, query, key, value, weights, attention_mask, scores,
+            sinks=kwargs.get("s_aux"),
+        )  # fmt: skip
     return output, weights
 
 
@@ -96,6 +102,7 @@ class Recorder:
         self.first_position = first_position
         self.records: list[dict[str, torch.Tensor]] = [{} for _ in adapter.blocks]
         self.score_errors = [0.0] * len(adapter.blocks)
+        self.has_sinks = False  # some layer's attention passed sink logits (s_aux)
         self.handles: list = []
         self.undo: list[Callable[[], None]] = []
 
@@ -118,10 +125,14 @@ class Recorder:
         # clone: Falcon adds attention into the MLP's output tensor in place.
         self.records[index][name] = tensor.detach().to("cpu", torch.float32, copy=True)
 
-    def on_attention(self, index, query, key, value, weights, mask, scores) -> None:
+    def on_attention(self, index, query, key, value, weights, mask, scores, sinks=None) -> None:
         """Per-head norms of what enters the scores, what the policy keeps of the
         probabilities, and (unless `scores` is None) a check that the probabilities follow
-        from these very queries and keys."""
+        from these very queries and keys, and from the sink logits [H] where the model has
+        them: each head's sink joins the softmax as one more column, which is then dropped,
+        so a row of probabilities sums to less than 1."""
+        if sinks is not None:
+            self.has_sinks = True
         rows = query.shape[2]
         self._keep(index, "q_norm", query[0].float().norm(dim=-1))  # [H, T]
         self._keep(index, "k_norm", key[0, :, -rows:].float().norm(dim=-1))  # [G, T]
@@ -139,7 +150,12 @@ class Recorder:
             if mask is not None:  # [B, 1 or H, T, keys]: Falcon's ALiBi folds into the mask
                 head_mask = mask[:, one] if mask.shape[1] > 1 else mask
                 logits = logits + head_mask[..., : keys.shape[-2]].float()
-            error = (logits.softmax(-1) - weights[:, one].float()).abs().max()
+            if sinks is not None:  # [B, 1, T, 1]: this head's sink logit on every row
+                sink = sinks[one].float().view(1, 1, 1, 1).expand(*logits.shape[:-1], 1)
+                probs = torch.cat([logits, sink], dim=-1).softmax(-1)[..., :-1]
+            else:
+                probs = logits.softmax(-1)
+            error = (probs - weights[:, one].float()).abs().max()
             self.score_errors[index] = max(self.score_errors[index], float(error))
 
     def _hook_block(self, index: int, block) -> None:
@@ -174,8 +190,8 @@ class Recorder:
         ]
 
     def _hook_inline_attention(self, index: int) -> None:
-        """Falcon and BLOOM: q/k/v from their own split method, rotary from their own
-        function; scores as their forward computes them (q·k scaled, plus ALiBi)."""
+        """BLOOM: q/k/v [B, heads, T, d_head] from its own split method; scores as its
+        forward computes them (q·k scaled, plus ALiBi)."""
         attention = self.adapter.attention(index)
         family = self.adapter.family
         split = getattr(attention, family.qkv)
@@ -190,12 +206,6 @@ class Recorder:
 
         def after(module, args, kwargs, output):
             query, key, value = seen.pop("qkv")
-            if not family.qkv_heads_first:  # [B, T, heads, d_head] -> [B, heads, T, d_head]
-                query, key, value = (x.transpose(1, 2) for x in (query, key, value))
-            if family.rotary and seen.get("alibi") is None:
-                rotate = sys.modules[type(module).__module__].apply_rotary_pos_emb
-                cos, sin = seen["position_embeddings"]
-                query, key = rotate(query, key, cos, sin)
             alibi = seen.get("alibi")
 
             def scores(q: torch.Tensor, k: torch.Tensor, heads: slice) -> torch.Tensor:
@@ -295,7 +305,7 @@ class Reference:
     logits: torch.Tensor | None  # [N, V] float32; dropped once lens_errors are measured
     attention_errors: list[float]  # per block: max |recorded - own| probability
     row_sum_errors: list[float]  # per block: max |sum of a row of the model's own - 1|
-    head_score_errors: list[float]  # per block: max |recorded - recomputed| head score
+    head_score_errors: list[float]  # per block: max |recorded - own| head score or sink share
     lens_errors: list[float] | None = None  # per position (verify.lens_errors)
 
 
@@ -328,6 +338,7 @@ class Tracer:
         self.inline = adapter.family.qkv != "interface"
         self.records: list[list[dict[str, torch.Tensor]]] = []  # per pass, per block
         self.score_errors = [0.0] * len(adapter.blocks)
+        self.has_sinks = False  # some layer's attention passed sink logits
         self.logits: list[torch.Tensor] = []  # per pass: [1, V], its last position's
         self.generated: list[int] = []
         self.stop_reason = ""
@@ -339,7 +350,7 @@ class Tracer:
             use_attention(model, ATTENTION_NAME)
 
     def _forward(self, ids: torch.Tensor, **kwargs):
-        # Falcon and BLOOM hand their probabilities out only through output_attentions. Only
+        # BLOOM hands its probabilities out only through output_attentions. Only
         # the last position's logits are needed (the next token; the determinism check): all
         # of them would be N x vocabulary floats, 1.6 GB at 8,192 positions. The lens and the
         # gate work from the recorded residual stream and the reference pass instead.
@@ -362,6 +373,7 @@ class Tracer:
                 "(a config switch that bypasses transformers' attention interface)"
             )
         self.records.append(recorder.records)
+        self.has_sinks = self.has_sinks or recorder.has_sinks
         self.score_errors = [
             max(a, b) for a, b in zip(self.score_errors, recorder.score_errors, strict=True)
         ]
@@ -445,9 +457,13 @@ class Tracer:
                     capture.policy, capture.layers[index], own, capture.attention_rows
                 )
                 row_sum_errors[index] = float((own.sum(-1) - 1.0).abs().max())
-                scores = head_scores(own[:, :n_prompt, :n_prompt], self.keeper.pairs)
-                recorded = capture.head_scores[index]
-                head_score_errors[index] = float((scores - recorded).abs().max())
+                prompt = own[:, :n_prompt, :n_prompt]
+                scores = head_scores(prompt, self.keeper.pairs)
+                error = (scores - capture.head_scores[index]).abs().max()
+                if capture.head_sink is not None:
+                    sinks = sink_shares(prompt)
+                    error = max(error, (sinks - capture.head_sink[index]).abs().max())
+                head_score_errors[index] = float(error)
 
             return hook
 
@@ -461,7 +477,7 @@ class Tracer:
         try:
             with torch.inference_mode():
                 # Eager attention layers return their probabilities to the hook either way;
-                # Falcon and BLOOM only when asked.
+                # BLOOM only when asked.
                 outputs = self.model(ids, use_cache=False, output_attentions=self.inline)
         finally:
             for handle in handles:
@@ -499,6 +515,7 @@ class Tracer:
             policy=self.policy,
             attention_rows=rows if self.policy.kind == "rows" else None,
             head_scores=self.keeper.head_scores(),
+            head_sink=self.keeper.sink_shares() if self.has_sinks else None,
             layer_seconds=self.layer_seconds,
             score_errors=self.score_errors,
             determinism_max_abs_diff=self.max_diff,

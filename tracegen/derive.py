@@ -231,7 +231,7 @@ def flops_per_layer(adapter: Adapter, n_tokens: int) -> list[list[float]]:
             router = get_module(mlp_module, family.router)
             n_experts = _n_experts(experts)
             per_token = int(getattr(config, family.experts_per_token))
-            expert_elements = sum(p.numel() for p in experts.parameters() if p.dim() >= 2)
+            expert_elements = _expert_matrix_elements(experts)
             mlp = 2 * t * (_matrix_elements(router) + expert_elements * per_token / n_experts)
         else:
             mlp = 2 * t * _matrix_elements(mlp_module)
@@ -257,6 +257,14 @@ def _matrix_elements(module: nn.Module) -> int:
         if isinstance(weight, torch.Tensor) and weight.dim() == 2 and not is_norm:
             total += weight.numel()
     return total
+
+
+def _expert_matrix_elements(experts: nn.Module) -> int:
+    """Weights of every expert's matrices: nn.Linear per expert in a ModuleList, or stacked
+    [E, in, out] parameters (Mixtral, Qwen3-MoE, GPT-OSS), whose [E, out] biases are not."""
+    if isinstance(experts, nn.ModuleList):
+        return _matrix_elements(experts)
+    return sum(p.numel() for p in experts.parameters() if p.dim() == 3)
 
 
 def _n_experts(experts: nn.Module) -> int:

@@ -6,9 +6,11 @@ layer's query, key and value after projection, q/k norms and rotary embedding, t
 attention function that `capture` registers with `transformers.AttentionInterface`. A
 `Family` declares only what transformers does not name the same way everywhere: where the
 blocks and the final norm live, which module's output is added to the residual stream, and
-the scalings the model applies to its writes and its logits. Falcon and BLOOM compute their
-attention inline instead of dispatching through the interface; for them `qkv` names the
-method that splits the fused projection, and the rotary function where there is one.
+the scalings the model applies to its writes and its logits. BLOOM computes its attention
+inline instead of dispatching through the interface; for it `qkv` names the method that
+splits the fused projection. A family whose modeling code changed in a transformers release
+names, in `since`, the release its declaration matches, and an older one is refused in one
+line rather than traced through code the declaration does not describe.
 
 The parity gate (`verify.py`) checks every one of these declarations against the model's own
 outputs on every run, so a wrong or missing entry refuses the trace instead of writing it.
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from packaging.version import Version
 from torch import nn
 
 from .models import ModelError
@@ -29,6 +32,10 @@ from .models import ModelError
 
 class FamilyError(ModelError):
     """The model cannot be traced: unknown family, or a configuration tracegen refuses."""
+
+
+class TransformersTooOld(FamilyError):
+    """The installed transformers predates the release the family's declaration matches."""
 
 
 @dataclass(frozen=True)
@@ -46,15 +53,15 @@ class Family:
     logit_divisor: str | None = None  # config attribute dividing the logits (Granite)
     logit_softcap: str | None = None  # config attribute: cap * tanh(logits / cap) (Gemma 2/3)
     # "interface": q/k/v come from the registered attention function. Otherwise the name of
-    # the attention module's method that splits the fused projection into q, k, v.
+    # the attention module's method that splits the fused projection into q, k, v, each
+    # [B, heads, T, d_head] (BLOOM's `_reshape`).
     qkv: str = "interface"
-    qkv_heads_first: bool = (
-        False  # the split returns [B, heads, T, d] (BLOOM), not [B, T, heads, d]
-    )
-    rotary: bool = False  # with `qkv` a method: apply the modeling file's apply_rotary_pos_emb
     experts: str | None = None  # MoE: the experts module inside the MLP
     router: str | None = None  # MoE: the router module inside the MLP
     experts_per_token: str | None = None  # MoE: config attribute, experts run per token
+    # The transformers release whose modeling code this declaration matches; older ones are
+    # refused (Falcon moved to the attention interface in 5.25).
+    since: str | None = None
     # Config switches whose math tracegen does not model: (test, what to say).
     refuse: tuple[tuple[Callable[[Any], bool], str], ...] = field(default_factory=tuple)
 
@@ -86,6 +93,8 @@ FAMILIES: dict[str, Family] = {
     "Qwen2ForCausalLM": replace(LLAMA, name="qwen2"),
     "Qwen3ForCausalLM": replace(LLAMA, name="qwen3"),
     "Qwen3MoeForCausalLM": replace(MOE, name="qwen3_moe"),
+    # Attention sinks reach the recorder as the interface's `s_aux`; no declaration needed.
+    "GptOssForCausalLM": replace(MOE, name="gpt_oss", router="router"),
     "GemmaForCausalLM": replace(LLAMA, name="gemma"),
     "Gemma2ForCausalLM": replace(
         POST_NORMS, name="gemma2", logit_softcap="final_logit_softcapping"
@@ -98,6 +107,8 @@ FAMILIES: dict[str, Family] = {
     "OlmoForCausalLM": replace(LLAMA, name="olmo"),
     "Olmo2ForCausalLM": replace(POST_NORMS, name="olmo2"),
     "CohereForCausalLM": replace(LLAMA, name="cohere", logit_scale="logit_scale"),
+    # Sliding-window layers with rotary, full layers without positions; parallel like Cohere.
+    "Cohere2ForCausalLM": replace(LLAMA, name="cohere2", logit_scale="logit_scale"),
     "GraniteForCausalLM": replace(
         LLAMA, name="granite", write_scale="residual_multiplier", logit_divisor="logits_scaling"
     ),
@@ -132,12 +143,7 @@ FAMILIES: dict[str, Family] = {
         ),
     ),
     "FalconForCausalLM": replace(
-        GPT2,
-        name="falcon",
-        attn="self_attention",
-        attn_write="self_attention",
-        qkv="_split_heads",
-        rotary=True,
+        GPT2, name="falcon", attn="self_attention", attn_write="self_attention", since="5.25"
     ),
     "BloomForCausalLM": replace(
         GPT2,
@@ -146,7 +152,6 @@ FAMILIES: dict[str, Family] = {
         attn_write="self_attention",
         writes_include_residual=True,
         qkv="_reshape",
-        qkv_heads_first=True,
     ),
 }
 
@@ -225,11 +230,24 @@ def family_of(model: nn.Module) -> Family:
     family = FAMILIES.get(name)
     if family is None:
         raise FamilyError(f"cannot trace {name}: {_what_it_lacks(model)}")
+    installed = transformers_version()
+    if family.since and Version(installed) < Version(family.since):
+        raise TransformersTooOld(
+            f"cannot trace {name} with transformers {installed}: tracegen's declaration of it "
+            f"matches the modeling code of transformers >= {family.since}; "
+            f"pip install 'transformers>={family.since}'"
+        )
     config = text_config(model.config)
     for test, why in family.refuse:
         if test(config):
             raise FamilyError(f"cannot trace {name}: it {why}")
     return family
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _what_it_lacks(model: nn.Module) -> str:

@@ -40,6 +40,18 @@ def head_scores(probs: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor]) -
     return torch.stack([first, previous, induction]).cpu()
 
 
+def sink_shares(probs: torch.Tensor) -> torch.Tensor:
+    """[H] float32: the mean share of a row that reaches no token, 1 - the row's sum, over
+    queries 1..n-1 of one layer's prompt x prompt probabilities [H, n, n] (the queries of
+    `head_scores`). With attention sinks (GPT-OSS) a learned logit per head joins the softmax
+    and its column is dropped, so that share went to the sink; without, it is rounding."""
+    heads, n = probs.shape[0], probs.shape[1]
+    if n < 2:
+        return torch.zeros(heads)
+    row_sums = probs[:, 1:].sum(-1, dtype=torch.float32)  # [H, n-1], no float32 copy of probs
+    return (1.0 - row_sums).clamp_min(0.0).mean(-1).cpu()
+
+
 @dataclass
 class _Part:
     first: int  # the pass's first row position
@@ -60,6 +72,7 @@ class AttentionKeeper:
         self.pairs = (torch.from_numpy(queries), torch.from_numpy(keys))
         self.parts: list[list[_Part]] = [[] for _ in range(n_layers)]
         self.scores: list[torch.Tensor | None] = [None] * n_layers
+        self.sinks: list[torch.Tensor | None] = [None] * n_layers
 
     def take(self, index: int, first: int, probs: torch.Tensor) -> None:
         """One layer's probabilities [H, rows, keys] for rows first..first+rows-1."""
@@ -69,6 +82,7 @@ class AttentionKeeper:
             device = probs.device
             pairs = tuple(p.to(device) for p in self.pairs)
             self.scores[index] = head_scores(probs[:, :, : self.n_prompt], pairs)
+            self.sinks[index] = sink_shares(probs[:, :, : self.n_prompt])
         part = _Part(first, first_key, probs)
         kind, count = self.policy.kind, self.policy.count
         if kind == "full" and first == 0 and keys == rows:
@@ -115,6 +129,11 @@ class AttentionKeeper:
         if missing:
             raise RuntimeError(f"layer {missing[0]} gave no prompt-pass attention")
         return torch.stack(self.scores)  # type: ignore[arg-type]
+
+    def sink_shares(self) -> torch.Tensor:
+        """[L, H] from the prompt pass (see `sink_shares`)."""
+        self.head_scores()  # the same passes fill both: one error if a layer gave none
+        return torch.stack(self.sinks)  # type: ignore[arg-type]
 
 
 def _top_keys(

@@ -331,6 +331,8 @@ def derive_stage(
         attribution, final_logit = derive.direct_logit_attribution(adapter, traced)
         flops = derive.flops_per_layer(adapter, len(tokens.prompt_ids))
     scores = {name: traced.head_scores[:, i] for i, name in enumerate(HEAD_SCORES)}  # [L, H]
+    if traced.head_sink is not None:  # only a model with attention sinks has it
+        scores["head_sink"] = traced.head_sink
     return {
         **lens,
         **scores,

@@ -80,6 +80,11 @@ DERIVED_TENSORS: dict[str, tuple[str, ...]] = {
     "flops": ("L", "F"),
     **{name: ("L", "H") for name in HEAD_SCORES},
 }
+# Written only where they apply, and read through `Trace.derived` when present (traces made
+# before them, and traces of models they do not apply to, have none; `Trace.has_derived`):
+#   head_sink  the share of each head's prompt rows that goes to its attention sink rather
+#              than to any token, for models with sinks (GPT-OSS), whose rows sum to less than 1
+OPTIONAL_DERIVED_TENSORS: dict[str, tuple[str, ...]] = {"head_sink": ("L", "H")}
 # Read through `Trace.derived` like the tensors above, but kept in timings.json.
 TIMING_SERIES = ("layer_seconds",)
 # Big activations are stored in float16 to keep the committed traces small; a tensor whose
@@ -655,15 +660,30 @@ class Trace:
         """A tensor of derived.safetensors, or a timing series of timings.json."""
         if name in TIMING_SERIES:
             return np.asarray(self.timings[name], dtype=np.float64)
-        if name not in DERIVED_TENSORS:
-            known = ", ".join([*DERIVED_TENSORS, *TIMING_SERIES])
+        if name not in DERIVED_TENSORS and name not in OPTIONAL_DERIVED_TENSORS:
+            known = ", ".join([*DERIVED_TENSORS, *OPTIONAL_DERIVED_TENSORS, *TIMING_SERIES])
             raise TraceError(f"unknown derived tensor {name!r}; known: {known}")
+        if name not in self._derived:
+            raise TraceError(
+                f"{self.path / DERIVED_FILE} has no {name}: it is written only where it "
+                "applies (see docs/trace-schema.md); check with has_derived()"
+            )
         return self._derived[name]
+
+    def has_derived(self, name: str) -> bool:
+        """Whether derived.safetensors holds `name` (always, unless it is optional)."""
+        return name in self._derived
+
+    @cached_property
+    def _optional_derived(self) -> dict[str, tuple[str, ...]]:
+        """The optional tensors this trace's derived.safetensors holds."""
+        return optional_present(self.path / DERIVED_FILE)
 
     @cached_property
     def _derived(self) -> dict[str, np.ndarray]:
         path = self.path / DERIVED_FILE
-        arrays = {name: _read(path, name) for name in DERIVED_TENSORS}
+        names = [*DERIVED_TENSORS, *self._optional_derived]
+        arrays = {name: _read(path, name) for name in names}
         for name, array in arrays.items():
             check_values(path, name, array, self.model.vocab_size)
         return arrays
@@ -746,6 +766,21 @@ def _read(path: Path, name: str) -> np.ndarray:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def optional_present(path: Path) -> dict[str, tuple[str, ...]]:
+    """The tensors of OPTIONAL_DERIVED_TENSORS that a derived file holds, with their shapes
+    (none of a missing file, which `_check_header` reports)."""
+    if not path.is_file():
+        return {}
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            names = set(handle.keys())
+    except Exception as error:  # safetensors raises its own types for truncated files
+        raise TraceError(
+            f"{path} is not a readable safetensors file ({_first_line(error)})"
+        ) from None
+    return {name: shape for name, shape in OPTIONAL_DERIVED_TENSORS.items() if name in names}
 
 
 def _check_header(path: Path, expected: Mapping[str, tuple[str, ...]], dims: Mapping[str, int]):
@@ -845,7 +880,7 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     dims = trace.dims()
     for index in range(trace.n_layers):
         _check_header(path / layer_file(index), trace.layer_tensors, dims)
-    _check_header(path / DERIVED_FILE, DERIVED_TENSORS, dims)
+    _check_header(path / DERIVED_FILE, {**DERIVED_TENSORS, **trace._optional_derived}, dims)
     verify_checksums(path, manifest["sha256"], names)
     _ = trace._derived  # read and check the derived values now: a bad number fails the load
     return trace

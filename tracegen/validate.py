@@ -381,7 +381,7 @@ def check_timings(timings: Any, file: Path, n_layers: int) -> None:
 PROBABILITIES = {
     "lens_topk_probs", "lens_target_prob", "watched_probs",
     "attn_probs_tril", "attn_rows", "attn_topk_probs", "attn_rest",
-    "head_first_token", "head_previous_token", "head_induction",
+    "head_first_token", "head_previous_token", "head_induction", "head_sink",
 }  # fmt: skip
 NON_NEGATIVE = {"lens_entropy", "lens_kl", "flops", "q_norm", "k_norm", "v_norm"}
 TOKEN_IDS = {"lens_topk_ids"}

@@ -20,9 +20,11 @@ Checks (all positions of the prompt and of every greedy step):
                       chose) against the model's own, every layer and head; for top k also
                       the rest's sum and that no key left out outweighs a kept one;
   head_scores         the head scores stored in derived.safetensors (first token, previous
-                      token, induction) against the same scores of the model's own matrix;
+                      token, induction; the sink's share where the model has attention
+                      sinks) against the same scores of the model's own matrix;
   qk_scores           softmax of the recorded queries and keys (scaled, soft-capped, masked,
-                      ALiBi where the model has it) against the probabilities the layer used:
+                      ALiBi where the model has it, each head's sink logit as one more column
+                      where it has sinks) against the probabilities the layer used:
                       the stored q/k norms are those of the vectors that meet in the scores;
   attribution_sum     direct logit attribution of each position's predicted token sums to
                       its logit (before any soft-cap), relative to max(1, |logit|).

@@ -15,7 +15,14 @@ import altair as alt
 import numpy as np
 
 from ..store import Trace
-from .story import answer_position, line_of_each_token, start_span, unplaced_attention
+from .story import (
+    answer_position,
+    line_of_each_token,
+    sink_share_from,
+    sink_shares,
+    start_span,
+    unplaced_attention,
+)
 from .style import CANVAS, SEQUENTIAL, WIDTH
 from .types import BORNE_OUT, NOT_BORNE_OUT, PanelDef, Words
 from .words import caption, count, escape, fmt_pct, head_label, token_html, verb, visible_controls
@@ -98,6 +105,11 @@ class AttentionFacts:
     verdict: str
     policy: str  # the trace's --attention policy
     unplaced: float  # topk:K: the most of one head's row the trace does not place (else 0)
+    # A model with learned attention sinks (GPT-OSS): the mean share, over layers and heads,
+    # going to the sink rather than to any token, from `position` and over every prompt
+    # row; None for a model without sinks.
+    learned_sink_now: float | None = None
+    learned_sink_prompt: float | None = None
 
     @property
     def n_all(self) -> int:
@@ -114,6 +126,7 @@ def measure_attention(trace: Trace) -> AttentionFacts:
     best_layer, best_head = np.unravel_index(int(np.argmax(start_mass)), start_mass.shape)
     reading = int((start_mass >= START_READ_FACTOR * uniform_share).sum()) if start_keys else 0
     tokens, widest, n_lines = strip_layout(trace)
+    learned = sink_shares(trace)  # [L, H] or None
     return AttentionFacts(
         n_layers=trace.n_layers,
         n_heads=trace.model.n_heads,
@@ -137,6 +150,8 @@ def measure_attention(trace: Trace) -> AttentionFacts:
         verdict=BORNE_OUT if reading else NOT_BORNE_OUT,
         policy=trace.attention_policy,
         unplaced=unplaced_attention(trace, position),
+        learned_sink_now=sink_share_from(trace, position) if learned is not None else None,
+        learned_sink_prompt=float(learned.mean()) if learned is not None else None,
     )
 
 
@@ -158,6 +173,14 @@ def attention_words(f: AttentionFacts) -> Words:
         f"{reading} of {count(f.n_all, 'head')} {verb(reading, 'gives', 'give')} the first "
         f"block at least {START_READ_FACTOR:g}&times; its uniform share.",
     ]
+    if f.learned_sink_now is not None:
+        items.append(
+            "This model also gives every head a learned sink, a logit that joins the softmax "
+            f"but is no token: {fmt_pct(f.learned_sink_now)} of the last position's attention "
+            f"goes to it rather than to any token, on average over all {count(f.n_all, 'head')} "
+            f"({fmt_pct(f.learned_sink_prompt)} over every prompt position), and the shares "
+            "here are of the whole row, that sink included."
+        )
     if f.unplaced > 0:
         items.append(
             f"This trace keeps each row's largest weights only (<code>--attention "

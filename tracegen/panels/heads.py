@@ -18,7 +18,7 @@ import numpy as np
 
 from ..policy import induction_chance
 from ..store import Trace
-from .story import answer_position, end_span, unplaced_attention
+from .story import answer_position, end_span, sink_shares, unplaced_attention
 from .style import CANVAS, SEQUENTIAL, WIDTH
 from .types import BORNE_OUT, MIXED, NOT_BORNE_OUT, PanelDef, Words
 from .vega import label_expr, rounded
@@ -68,6 +68,9 @@ class HeadsFacts:
     verdict: str
     policy: str  # the trace's --attention policy
     unplaced: float  # topk:K: the most of one head's last-position row not placed (else 0)
+    # A model with learned attention sinks (GPT-OSS): [L, H] share of each head's prompt rows
+    # going to its sink rather than to any token; None for a model without sinks.
+    learned_sink: np.ndarray | None = None
 
     @property
     def n_all(self) -> int:
@@ -97,6 +100,7 @@ def measure_heads(trace: Trace) -> HeadsFacts:
         verdict=verdict,
         policy=trace.attention_policy,
         unplaced=unplaced_attention(trace, answer_position(trace)),
+        learned_sink=sink_shares(trace),
     )
 
 
@@ -130,6 +134,15 @@ def heads_words(f: HeadsFacts) -> Words:
             else "By this threshold there are no induction heads."
         ),
     ]
+    if f.learned_sink is not None:
+        layer, head = np.unravel_index(int(np.argmax(f.learned_sink)), f.learned_sink.shape)
+        items.append(
+            "Learned sinks: a row here sums to less than 1, since each head sends "
+            f"{fmt_pct(f.learned_sink.mean())} of its attention over the prompt on average "
+            "to a learned sink rather than to any token (the most: "
+            f"{head_label(int(layer), int(head))} with {fmt_pct(f.learned_sink[layer, head])}), "
+            "so these scores are shares of the whole row, that sink included."
+        )
     if f.unplaced > 0:
         items.append(
             f"This trace keeps each row's largest weights only (<code>--attention "

@@ -45,6 +45,25 @@ def unplaced_attention(trace: Trace, position: int) -> float:
     return float(np.max(rest)) if rest else 0.0
 
 
+def sink_shares(trace: Trace) -> np.ndarray | None:
+    """[L, H]: the share of each head's prompt rows that goes to its learned attention sink
+    rather than to any token, for a model with sinks (GPT-OSS); None for a model without,
+    whose rows sum to 1 (its trace has no `head_sink`)."""
+    if not trace.has_derived("head_sink"):
+        return None
+    return trace.derived("head_sink").astype(np.float64)
+
+
+def sink_share_from(trace: Trace, position: int) -> float:
+    """The mean over layers and heads of the share of `position`'s row that reaches no key:
+    1 - its placed weights - what topk:K leaves unplaced (the sink's share)."""
+    shares = [
+        1.0 - trace.attention_row(index, position).sum(-1) - trace.attention_rest(index, position)
+        for index in range(trace.n_layers)
+    ]  # [L][H]
+    return float(np.clip(np.mean(shares), 0.0, 1.0)) if shares else 0.0
+
+
 def step_position(trace: Trace, step: int) -> int:
     """The position whose prediction is generated token `step` (0-based)."""
     return answer_position(trace) + step
