@@ -166,6 +166,10 @@ def split_timings(
         "stage_seconds": {k: float(v) for k, v in (run.pop("stage_seconds", None) or {}).items()},
         "written": int(time.time()),
     }
+    # Whether GGUF weights came from the de-quantised cache differs between a first run and
+    # the next, which trace byte-identically: it describes the run, like the clock.
+    if "weights_from_cache" in run:
+        timings["weights_from_cache"] = bool(run.pop("weights_from_cache"))
     manifest["run"] = run
     if "lens_topk_ids" in derived and "lens_topk_probs" in derived:
         ids, probs = stable_topk(np.asarray(derived["lens_topk_ids"]),
