@@ -237,6 +237,9 @@ def test_traces_are_byte_reproducible_but_for_timings(tiny_model_dir, tmp_path):
     assert len(timings["layer_seconds"]) == load_trace(first).n_layers
     assert {"load", "forward", "lens", "gate"} <= set(timings["stage_seconds"])
     assert "stage_seconds" not in load_trace(first).manifest["run"]
+    # Where the weights came from describes the run: it is kept with the clock's figures.
+    assert "weights_from_cache" not in load_trace(first).manifest["run"]
+    assert timings["weights_from_cache"] is False  # a folder: nothing de-quantised
 
 
 def test_topk_ties_are_ordered_by_token_id():
