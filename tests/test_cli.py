@@ -165,7 +165,7 @@ def test_existing_out_needs_force_and_survives(capsys, tiny_trace, llama_dir, tm
     shutil.copytree(tiny_trace, out)
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     code, _, err = run_cli(capsys, "run", "--model", str(llama_dir), "--out", str(out))
-    assert_one_line_error(code, err, "already exists", "--force")
+    assert_one_line_error(code, err, "already exists", "--out DIR", "--force")
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 

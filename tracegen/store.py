@@ -380,7 +380,10 @@ def reserve(out_dir: Path, force: bool) -> Reservation:
 def check_replaceable(out_dir: Path, target: Path, force: bool) -> None:
     if target.exists() or target.is_symlink():
         if not force:
-            raise TraceError(f"{out_dir} already exists; pass --force to replace it")
+            raise TraceError(
+                f"{out_dir} already exists: choose another folder with --out DIR, or pass "
+                "--force to replace that trace"
+            )
         if not (target / MANIFEST).is_file():
             raise TraceError(
                 f"{out_dir} exists and is not a trace (no {MANIFEST}); --force replaces only "
