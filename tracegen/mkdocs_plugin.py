@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shlex
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -29,7 +30,7 @@ from mkdocs.config import config_options as c
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin
-from mkdocs.structure.files import File, Files
+from mkdocs.structure.files import File, Files, InclusionLevel
 from mkdocs.structure.pages import Page
 from mkdocs.utils import get_relative_url
 
@@ -152,7 +153,12 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         if os.environ.get(SOURCE_DATE_EPOCH) in (None, _EPOCH_FROM_TRACE.get("value")):
             epoch = str(self.trace.timings["written"])
             os.environ[SOURCE_DATE_EPOCH] = _EPOCH_FROM_TRACE["value"] = epoch
-        log.info("forward-pass: %d panels from %s", len(self.panels), self.trace_path)
+        for model in self.models:
+            log.info(
+                "forward-pass: %s: %d panels from %s%s", model.slug,
+                len(model.panels), model.path, " (the story page opens on it)"
+                if model.primary and len(self.models) > 1 else "",
+            )  # fmt: skip
         # Our CSS/JS are listed here, not in mkdocs.yml, so that they travel with the plugin.
         config.extra_css.append(f"{ASSET_DIR}/forward-pass.css")
         config.extra_javascript.append(f"{ASSET_DIR}/forward-pass.js")
@@ -197,10 +203,44 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
                 made = Path(config.docs_dir) / "made.md"
                 if made.is_file():
                     content = made.read_text(encoding="utf-8")
-                    files.append(File.generated(config, model.made_uri, content=content))
+                    # Linked from the story page's model line, not from the nav (which has
+                    # the first model's): declared so, MkDocs does not list it as a page
+                    # missing from the nav.
+                    files.append(File.generated(config, model.made_uri, content=content,
+                                                inclusion=InclusionLevel.NOT_IN_NAV))  # fmt: skip
         self.mkdocs_config = config
         self.static_files: set[str] = set()  # the static charts' SVGs (see static_figure)
+        self.draw_charts()
         return files
+
+    def draw_charts(self) -> None:
+        """Draw every chart image the pages show (`static_charts` keeps them for the pages),
+        one after the other in a fixed order (drawn in threads, vl-convert's SVGs differed
+        between builds), saying how far it is: it is most of a build's time."""
+        specs: dict[str, dict[str, Any]] = {}
+        for model in self.models:
+            for panel in model.panels.values():
+                for chart in panel.charts:
+                    if self.config.fallback_images or not is_interactive(chart.spec):
+                        spec = site_spec(chart.spec)
+                        if not static_charts.is_drawn(spec):
+                            specs.setdefault(static_charts.spec_digest(spec), spec)
+        if not specs:
+            return
+        layouts = len(static_charts.LAYOUTS)
+        total = len(specs) * layouts
+        log.info(
+            "forward-pass: drawing %d chart images (%d charts, %d layouts each) ...",
+            total, len(specs), layouts,
+        )  # fmt: skip
+        start, every = time.perf_counter(), -(-len(specs) // 4)  # about each quarter
+        for count, spec in enumerate(specs.values(), 1):
+            static_charts.static_svgs(spec)
+            if count % every == 0 or count == len(specs):
+                log.info(
+                    "forward-pass: drawing chart images: %d/%d (%.0f s)",
+                    count * layouts, total, time.perf_counter() - start,
+                )  # fmt: skip
 
     def model_of(self, page: Page) -> ModelSite:
         """The model a page is about: a model's own "How this was made", else the first."""
