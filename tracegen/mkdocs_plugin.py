@@ -82,7 +82,8 @@ class ForwardPassConfig(base.Config):
     # without scripts; off speeds up a draft `mkdocs serve`. (Charts without interaction are
     # always static images.)
     fallback_images = c.Type(bool, default=True)
-    # The trace's raw files, one by one and as one zip; off keeps ~70 MB out of the site.
+    # The trace's raw files, one by one and as one zip; off keeps them out of the site (the
+    # two committed traces: ~14 MB, README.md).
     raw_trace = c.Type(bool, default=True)
     # The PNG that link previews show (Open Graph / Twitter card tags in overrides/main.html).
     social_card = c.Type(bool, default=True)
