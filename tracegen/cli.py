@@ -177,18 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         from .verify import GateError
 
         if args.command == "plan":
-            import dataclasses
-
             from .plan import count_prompt, memory_warning, plan, plan_text, resolved_model
 
             try:
                 resolved = resolved_model(args.model)  # a hub id without the hub: one line
                 prompt = count_prompt(resolved, args.prompt_file or BUNDLED_PROMPT)
                 result = plan(
-                    resolved, prompt.tokens, args.steps, args.dtype,
+                    resolved, prompt, args.steps, args.dtype,
                     attention=args.attention, activations=args.activations,
                 )  # fmt: skip
-                print(plan_text(dataclasses.replace(result, prompt=prompt)))
+                print(plan_text(result))
                 if warning := memory_warning(result):
                     print(warning, file=sys.stderr)
             except (ModelError, RunError, OSError, PolicyError) as error:

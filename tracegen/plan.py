@@ -26,6 +26,7 @@ from .policy import (
     parse_activations,
     parse_policy,
 )
+from .runner import LONG_PASS_SECONDS, read_prompt
 from .text import fmt_file_size
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -123,13 +124,14 @@ def resolved_model(spec: str | models.ResolvedModel | None) -> models.ResolvedMo
 
 
 def plan(
-    spec: str | models.ResolvedModel | None, n_prompt: int, steps: int = 16,
+    spec: str | models.ResolvedModel | None, prompt: int | PromptCount, steps: int = 16,
     dtype: str = "float32", top_k: int = 10, n_watched: int = 8,
     attention: str = DEFAULT_POLICY, activations: str = DEFAULT_ACTIVATIONS,
 ) -> Plan:  # fmt: skip
     from transformers import AutoModelForCausalLM
 
     resolved = resolved_model(spec)
+    n_prompt = prompt.tokens if isinstance(prompt, PromptCount) else prompt
     config = models.load_config(resolved)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -185,7 +187,7 @@ def plan(
     # Passes: the recorded prompt pass, three clock-only ones (one for a long prompt, as the
     # run decides), the reference; then the greedy steps and the lens.
     passes = 5 * forward / (rate * PASS_EFFICIENCY)
-    if passes / 5 > 10.0:  # runner.LONG_PASS_SECONDS: the prompt is timed once, not three times
+    if passes / 5 > LONG_PASS_SECONDS:  # the prompt is timed once, not three times
         passes *= 3 / 5
     compute = passes + steps * n_layers * STEP_SECONDS_PER_LAYER
     compute += lens_flops / (rate * LENS_EFFICIENCY)
@@ -195,7 +197,8 @@ def plan(
     dequantise = (n_params * low, n_params * high) if resolved.gguf_file else (0.0, 0.0)
     sizes = (int(trace_bytes), int(weights), int(peak))
     return Plan(type(model).__name__, n_params, n_layers, heads, d_model, vocab, n, *sizes,
-                forward, lens_flops, seconds, dequantise, rate)  # fmt: skip
+                forward, lens_flops, seconds, dequantise, rate,
+                prompt if isinstance(prompt, PromptCount) else None)  # fmt: skip
 
 
 def attention_bytes(policy: AttentionPolicy, heads: int, n_prompt: int, n: int) -> int:
@@ -267,8 +270,6 @@ def memory_warning(result: Plan) -> str | None:
 def count_prompt(spec: str | models.ResolvedModel | None, prompt_file: Path) -> PromptCount:
     """The prompt's length in the model's own tokens (loads only the tokenizer); for a model
     without a usable tokenizer, estimated from its characters (`CHARS_PER_TOKEN`)."""
-    from .runner import read_prompt
-
     resolved = resolved_model(spec)
     text = read_prompt(prompt_file)
     try:
