@@ -13,6 +13,7 @@ Markers it understands:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -123,8 +124,9 @@ class ModelSite:
         """The script that carries this model's panels to the story page's switcher."""
         return f"{ASSET_DIR}/models/{self.slug}.js"
 
-    @property
+    @functools.cached_property
     def provenance(self) -> Provenance:
+        """Read once a build (it asks git): every filler of every page uses it."""
         return provenance(self.trace, self.path, self.root, self.given)
 
 
