@@ -62,6 +62,19 @@ def slugs() -> list[str]:
     return [safe_slug(load_trace(path).model.slug) for path in TRACES]
 
 
+def test_readme_says_what_this_build_publishes(served):
+    """README: "What gets published, from the two committed traces: N files, X MB"."""
+    site = served[0]
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    stated = re.search(r"What gets published, from the two committed traces: ([\d,]+) files, "
+                       r"([\d.]+) MB", readme)  # fmt: skip
+    assert stated, "the README no longer says what a build publishes"
+    files = [path for path in site.rglob("*") if path.is_file()]
+    assert int(stated.group(1).replace(",", "")) == len(files)
+    size = sum(path.stat().st_size for path in files)
+    assert abs(float(stated.group(2)) * 1e6 - size) <= 0.1 * size, size
+
+
 def test_mkdocs_yml_lists_both_committed_models():
     paths = resolve_trace_paths("unused", [str(p.relative_to(REPO)) for p in TRACES], None)
     assert paths == [p.resolve() for p in TRACES]
