@@ -245,6 +245,8 @@ def attention_policy(trace: Path) -> str | None:
     """The trace's attention policy if its manifest records one (newer traces may)."""
     manifest = json.loads((trace / "manifest.json").read_text(encoding="utf-8"))
     policy = manifest.get("attention", manifest.get("run", {}).get("attention"))
+    if isinstance(policy, dict) and isinstance(policy.get("policy"), str):
+        return policy["policy"]  # schema 3: {"policy": "rows:16", "rows": [...]}
     if policy is None or isinstance(policy, str):
         return policy
     return json.dumps(policy, sort_keys=True)  # a structured record, shown as it is

@@ -119,38 +119,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site-dir", type=Path, help="where to build (default: a temp folder)")
     args = parser.parse_args(argv)
 
+    # Every figure is printed, each against its budget, before the exit status says whether
+    # one failed: a measurement that fails is a FAIL row with its reason, not the end.
+    figures: dict[str, float | None] = dict.fromkeys(BUDGETS)
+    problems: list[str] = []
+    render: dict = {}
+    errors: list[str] = []
+    n_charts = 0
     with tempfile.TemporaryDirectory() as tmp:
         site = args.site_dir or Path(tmp) / "site"
         with serve(site) as url:
-            seconds = build_site(site, args.trace, site_url=url)
-            spec_bytes, n_charts = chart_data_bytes(site / "index.html")
-            raw, zipped, render, errors = measure_page(url)
+            try:
+                figures["mkdocs build"] = build_site(site, args.trace, site_url=url)
+                spec_bytes, n_charts = chart_data_bytes(site / "index.html")
+                figures["chart data"] = spec_bytes
+                raw, zipped, render, errors = measure_page(url)
+                figures["story page uncompressed"], figures["story page gzipped"] = raw, zipped
+                figures["all panels rendered"] = render["seconds"]
+            except Exception as error:  # reported with the figures, then exit 1
+                problems.append(f"{type(error).__name__}: {str(error).strip().splitlines()[-1]}")
 
-    figures = {
-        "mkdocs build": seconds,
-        "story page uncompressed": raw,
-        "story page gzipped": zipped,
-        "chart data": spec_bytes,
-        "all panels rendered": render["seconds"],
-    }
-    failed = False
+    failed = bool(problems)
     for name, value in figures.items():
         limit, unit = BUDGETS[name]
+        budget = f"{limit:g} s" if unit == "s" else f"{limit / 1000:g} kB"
+        if value is None:
+            failed = True
+            print(f"{name:<26} {'not measured':>12}   budget {budget:>9}   FAIL")
+            continue
         ok = value <= limit
         failed |= not ok
         shown = f"{value:.2f} s" if unit == "s" else f"{value / 1000:.1f} kB"
-        budget = f"{limit:g} s" if unit == "s" else f"{limit / 1000:g} kB"
         print(f"{name:<26} {shown:>12}   budget {budget:>9}   {'PASS' if ok else 'FAIL'}")
-    print(
-        f"with every interactive chart explored (the Vega runtime fetched): "
-        f"{render['explored_raw'] / 1000:.1f} kB, {render['explored_gzipped'] / 1000:.1f} kB "
-        "gzipped (no budget)"
-    )
-    print(f"{n_charts} charts, {render['failed']} failed to draw, {len(errors)} console errors")
+    if render:
+        print(
+            f"with every interactive chart explored (the Vega runtime fetched): "
+            f"{render['explored_raw'] / 1000:.1f} kB, {render['explored_gzipped'] / 1000:.1f} kB "
+            "gzipped (no budget)"
+        )
+        print(f"{n_charts} charts, {render['failed']} failed to draw, {len(errors)} console errors")
+        failed |= bool(render["failed"] or errors)
     for error in errors:
         print(f"  console error: {error}")
-    if render["failed"] or errors:
-        failed = True
+    for problem in problems:
+        print(f"not measured: {problem}")
     return 1 if failed else 0
 
 

@@ -59,19 +59,25 @@ def build_site(
     strict: bool = True,
     site_url: str | None = None,
     env: dict[str, str] | None = None,
+    log: list[str] | None = None,
 ) -> float:
     """Run `mkdocs build` in a subprocess (so env and entry points behave as for a user).
-    `env` sets more of BUILD_ENV (REPO_URL, FORWARD_PASS_RAW_TRACE).
+    `env` sets more of BUILD_ENV (REPO_URL, FORWARD_PASS_RAW_TRACE). With `log`, the build
+    is not --quiet and its output is appended there.
 
     Returns the wall time in seconds. Raises RuntimeError with mkdocs' output on failure.
     """
     import time
 
     cmd, full_env = mkdocs_build_command(site_dir, trace, strict, site_url, env)
+    if log is not None:
+        cmd.remove("--quiet")
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"mkdocs build failed:\n{done.stdout}\n{done.stderr}")
+    if log is not None:
+        log.append(done.stdout + done.stderr)
     return time.perf_counter() - start
 
 

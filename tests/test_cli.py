@@ -77,16 +77,60 @@ def test_unknown_model_spec(capsys, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_unreachable_hub_id(tmp_path):
-    # huggingface_hub reads HF_HUB_OFFLINE when imported, so this runs in a fresh process.
-    result = run_in_process(
-        ["run", "--model", "nobody/no-such-model", "--out", str(tmp_path / "x")],
-        {"HF_HUB_OFFLINE": "1"},
-    )
+# A closed port on this machine: the connection is refused at once, as with no network.
+NO_HUB = {"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"}
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+@pytest.mark.parametrize(
+    ("env", "why"),
+    [({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"), (NO_HUB, "no connection to 127.0.0.1:9")],
+    ids=["offline", "no-network"],
+)
+def test_unreachable_hub_id(tmp_path, command, env, why):
+    """A hub id that is not in the local cache, without the hub: one line at once (not a
+    minute of huggingface_hub's retries), for `run` and `plan` alike."""
+    import time
+
+    args = [command, "--model", "nobody/no-such-model"]
+    if command == "run":
+        args += ["--out", str(tmp_path / "x")]
+    start = time.perf_counter()
+    result = run_in_process(args, {**env, "HF_HUB_CACHE": str(tmp_path / "hub")})
+    seconds = time.perf_counter() - start
     assert_one_line_error(
-        result.returncode, result.stderr, "cannot load model", "nobody/no-such-model"
-    )
+        result.returncode, result.stderr, "cannot load model", "nobody/no-such-model", why,
+        "not in the local hub cache",
+    )  # fmt: skip
+    assert "Retrying" not in result.stderr
+    # Starting Python and importing torch is most of it; the hub's retries took 49 s.
+    assert seconds < 20, seconds
     assert not (tmp_path / "x").exists()
+
+
+def test_hub_check_connects_through_the_endpoint_or_its_proxy(monkeypatch):
+    """`hub_unreachable` opens one TCP connection, to HF_ENDPOINT or the proxy named for it,
+    and says why it failed in a few words."""
+    import socket
+
+    from tracegen.models import hub_unreachable
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "https_proxy", "HTTPS_PROXY",
+                 "http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub_unreachable() is None
+        monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        assert hub_unreachable() is None  # the proxy answers for the hub
+    monkeypatch.delenv("HTTPS_PROXY")
+    assert hub_unreachable().startswith("no connection to hub.invalid:443: ")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_unreachable() == "HF_HUB_OFFLINE is set"
 
 
 def test_default_model_package_missing(capsys, tmp_path, monkeypatch):
@@ -165,7 +209,7 @@ def test_existing_out_needs_force_and_survives(capsys, tiny_trace, llama_dir, tm
     shutil.copytree(tiny_trace, out)
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     code, _, err = run_cli(capsys, "run", "--model", str(llama_dir), "--out", str(out))
-    assert_one_line_error(code, err, "already exists", "--force")
+    assert_one_line_error(code, err, "already exists", "--out DIR", "--force")
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
@@ -237,6 +281,9 @@ def test_traces_are_byte_reproducible_but_for_timings(tiny_model_dir, tmp_path):
     assert len(timings["layer_seconds"]) == load_trace(first).n_layers
     assert {"load", "forward", "lens", "gate"} <= set(timings["stage_seconds"])
     assert "stage_seconds" not in load_trace(first).manifest["run"]
+    # Where the weights came from describes the run: it is kept with the clock's figures.
+    assert "weights_from_cache" not in load_trace(first).manifest["run"]
+    assert timings["weights_from_cache"] is False  # a folder: nothing de-quantised
 
 
 def test_topk_ties_are_ordered_by_token_id():
@@ -249,9 +296,11 @@ def test_topk_ties_are_ordered_by_token_id():
     assert ordered_probs.tolist() == probs.tolist()
 
 
-def test_hub_id_loads_from_the_hub_cache(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, NO_HUB], ids=["offline", "no-network"])
+def test_hub_id_loads_from_the_hub_cache(tiny_model_dir, tmp_path, env):
     """A hub id goes through huggingface_hub exactly as for a user; here the 'hub' is a local
-    cache in the hub's own layout, read offline."""
+    cache in the hub's own layout, read offline: with HF_HUB_OFFLINE, or because the hub
+    does not answer (then tracegen keeps transformers to the cache, without retries)."""
     commit = "0" * 40
     repo_cache = tmp_path / "hub" / "models--tiny-org--tiny-llama"
     shutil.copytree(tiny_model_dir("llama"), repo_cache / "snapshots" / commit)
@@ -260,9 +309,10 @@ def test_hub_id_loads_from_the_hub_cache(tiny_model_dir, tmp_path):
     out = tmp_path / "trace"
     result = run_in_process(
         ["run", "--model", "tiny-org/tiny-llama", "--out", str(out), "--steps", "1", "--quiet"],
-        {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")},
+        {**env, "HF_HUB_CACHE": str(tmp_path / "hub")},
     )
     assert result.returncode == 0, result.stderr
+    assert "Retrying" not in result.stderr
     model = load_trace(out).manifest["model"]
     assert (model["source_kind"], model["source"], model["slug"]) == (
         "hub",

@@ -102,11 +102,13 @@ def test_prompt_block_holds_the_whole_prompt(
 
     made = (hostile_site[0] / "made.html").read_text(encoding="utf-8")
     blocks = re.findall(r'<pre class="fp-pre"><code>(.*?)</code></pre>', made, re.S)
-    assert len(blocks) == 2  # the prompt, and the command that regenerates the trace
+    # The prompt, the command that builds the site again, the one that regenerates the trace.
+    assert len(blocks) == 3
     trace = load_trace(hostile_trace)
     assert html.unescape(blocks[0]) == visible_controls(trace.prompt_text, keep="\n\t")
+    assert html.unescape(blocks[1]).endswith(" mkdocs build")  # the trace is not committed
     # The hostile spec and options reach the command as text, quoted for a shell.
-    command = html.unescape(blocks[1])
+    command = html.unescape(blocks[2])
     assert command.startswith("tracegen run --model ") and command.endswith(" --force")
     assert shlex.split(command)[3] == visible_controls(trace.model.spec, keep="\n\t")
 

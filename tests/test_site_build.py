@@ -214,14 +214,21 @@ def check_made_page_is_the_models(page: Path, trace_path: Path) -> None:
         assert (
             "as committed to the project's repository under traces/smollm2-135m-instruct/" in text
         )
+        assert "Rebuild and serve this site from the committed traces (no torch needed): " in text
         command = "tracegen run --model default --out traces/smollm2-135m-instruct --force"
     else:
-        assert Path(spec).is_absolute() and spec not in text  # the machine's own path
-        assert str(trace_path) not in text
+        assert Path(spec).is_absolute() and spec not in text  # the tracing machine's own path
         name = Path(spec).name
         assert f"the local model folder {name}" in text
-        assert "they are not committed to the project's repository" in text
-        command = f"tracegen run --model {name} --out traces/{trace_path.name} --steps 3 --force"
+        # Kept outside the project (a temporary folder): said so, never called committed,
+        # and both commands name that folder, as the build was given it.
+        assert (
+            f"read from {trace_path}/ when the site was built (a folder outside the project: "
+            "they are not committed to its repository)" in text
+        )
+        assert "as committed" not in text and "make serve" not in text
+        assert f"FORWARD_PASS_TRACE={trace_path} mkdocs build" in text
+        command = f"tracegen run --model {name} --out {trace_path} --steps 3 --force"
     assert command in text, text[text.find("Regenerate") :][:400]
 
 

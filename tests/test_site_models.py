@@ -27,18 +27,52 @@ TRACES = [REPO / "traces" / "smollm2-135m-instruct", REPO / "traces" / "gemma-3-
 WIDE = {"width": 1440, "height": 900}
 
 
+BUILD_LOG: list[str] = []  # what the `served` build printed
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """The site as mkdocs.yml builds it (FORWARD_PASS_TRACE unset: every listed model)."""
     site = tmp_path_factory.mktemp("models") / "site"
     with serve(site) as url:
-        build_site(site, None, site_url=url)
+        build_site(site, None, site_url=url, log=BUILD_LOG)
         yield site, url
+
+
+def test_the_build_log_names_every_model_and_the_drawing(served, slugs):
+    """The build says which traces it read (each model), counts the chart images as it draws
+    them (most of its time), and has nothing to warn about: the other models' "How this was
+    made" pages are declared outside the nav."""
+    [log] = BUILD_LOG
+    for path, slug in zip(TRACES, slugs, strict=True):
+        assert re.search(
+            rf"INFO +- +forward-pass: {slug}: 11 panels from {re.escape(str(path))}", log
+        )
+    drawing = re.search(r"forward-pass: drawing (\d+) chart images \((\d+) charts, 2 layouts", log)
+    assert drawing, log
+    total = int(drawing.group(1))
+    counts = [int(n) for n in re.findall(rf"drawing chart images: (\d+)/{total} ", log)]
+    assert counts == sorted(counts) and counts[-1] == total and len(counts) >= 2, log
+    assert 'not included in the "nav"' not in log and "WARNING" not in log, log
+    assert "end of life" not in log  # NO_MKDOCS_2_WARNING, as site_helpers builds
 
 
 @pytest.fixture(scope="module")
 def slugs() -> list[str]:
     return [safe_slug(load_trace(path).model.slug) for path in TRACES]
+
+
+def test_readme_says_what_this_build_publishes(served):
+    """README: "What gets published, from the two committed traces: N files, X MB"."""
+    site = served[0]
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    stated = re.search(r"What gets published, from the two committed traces: ([\d,]+) files, "
+                       r"([\d.]+) MB", readme)  # fmt: skip
+    assert stated, "the README no longer says what a build publishes"
+    files = [path for path in site.rglob("*") if path.is_file()]
+    assert int(stated.group(1).replace(",", "")) == len(files)
+    size = sum(path.stat().st_size for path in files)
+    assert abs(float(stated.group(2)) * 1e6 - size) <= 0.1 * size, size
 
 
 def test_mkdocs_yml_lists_both_committed_models():

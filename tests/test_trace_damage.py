@@ -259,8 +259,9 @@ TIMINGS = json.loads((COMMITTED_TRACE / store.TIMINGS_FILE).read_text(encoding="
         (lambda t: t["stage_seconds"].update(load=math.inf), "stage_seconds.load"),
         (lambda t: t.update(written="yesterday"), "written"),
         (lambda t: t.pop("layer_seconds"), "missing"),
+        (lambda t: t.update(weights_from_cache="yes"), "weights_from_cache"),
     ],
-    ids=["short", "nan", "text", "negative", "inf stage", "written text", "missing"],
+    ids=["short", "nan", "text", "negative", "inf stage", "written text", "missing", "cache"],
 )
 def test_timings_damaged(trace: Path, change: Callable, needle: str) -> None:
     timings = copy.deepcopy(TIMINGS)
@@ -269,6 +270,21 @@ def test_timings_damaged(trace: Path, change: Callable, needle: str) -> None:
     with pytest.raises(TraceError) as caught:
         load_trace(trace)
     assert_one_line(caught.value, "timings.json", needle)
+
+
+@pytest.mark.parametrize("in_manifest", [True, False], ids=["old", "new"])
+def test_weights_from_cache_in_the_manifest_or_in_timings(trace: Path, in_manifest: bool) -> None:
+    """Traces written before `weights_from_cache` moved to timings.json have it in the
+    manifest's `run`; both layouts load."""
+    manifest = copy.deepcopy(MANIFEST)
+    timings = copy.deepcopy(TIMINGS)
+    flag = manifest["run"].pop("weights_from_cache", True)
+    (manifest["run"] if in_manifest else timings)["weights_from_cache"] = flag
+    write_manifest(trace, manifest)
+    (trace / store.TIMINGS_FILE).write_text(json.dumps(timings), encoding="utf-8")
+    loaded = load_trace(trace)
+    assert ("weights_from_cache" in loaded.manifest["run"]) is in_manifest
+    assert ("weights_from_cache" in loaded.timings) is not in_manifest
 
 
 # --- tensor files ---------------------------------------------------------------------------------

@@ -172,22 +172,25 @@ def main(argv: list[str] | None = None) -> int:
             except BrokenPipeError:  # `tracegen info ... | head` closed the pipe: not an error
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        from .models import ModelError
+        from .models import ModelError, first_line
         from .runner import BUNDLED_PROMPT, RunError, run
         from .verify import GateError
 
         if args.command == "plan":
-            from .plan import plan, plan_text, prompt_tokens
+            from .plan import count_prompt, memory_warning, plan, plan_text, resolved_model
 
             try:
-                n_prompt = prompt_tokens(args.model, args.prompt_file or BUNDLED_PROMPT)
+                resolved = resolved_model(args.model)  # a hub id without the hub: one line
+                prompt = count_prompt(resolved, args.prompt_file or BUNDLED_PROMPT)
                 result = plan(
-                    args.model, n_prompt, args.steps, args.dtype,
+                    resolved, prompt, args.steps, args.dtype,
                     attention=args.attention, activations=args.activations,
                 )  # fmt: skip
                 print(plan_text(result))
+                if warning := memory_warning(result):
+                    print(warning, file=sys.stderr)
             except (ModelError, RunError, OSError, PolicyError) as error:
-                raise TraceError(str(error)) from None
+                raise TraceError(first_line(error)) from None
             return 0
         try:
             run(

@@ -13,10 +13,13 @@ Markers it understands:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
+import shlex
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -28,7 +31,7 @@ from mkdocs.config import config_options as c
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin
-from mkdocs.structure.files import File, Files
+from mkdocs.structure.files import File, Files, InclusionLevel
 from mkdocs.structure.pages import Page
 from mkdocs.utils import get_relative_url
 
@@ -80,7 +83,8 @@ class ForwardPassConfig(base.Config):
     # without scripts; off speeds up a draft `mkdocs serve`. (Charts without interaction are
     # always static images.)
     fallback_images = c.Type(bool, default=True)
-    # The trace's raw files, one by one and as one zip; off keeps ~70 MB out of the site.
+    # The trace's raw files, one by one and as one zip; off keeps them out of the site (the
+    # two committed traces: ~14 MB, README.md).
     raw_trace = c.Type(bool, default=True)
     # The PNG that link previews show (Open Graph / Twitter card tags in overrides/main.html).
     social_card = c.Type(bool, default=True)
@@ -97,6 +101,7 @@ class ModelSite:
     panels: dict[str, Any]
     primary: bool
     root: Path  # the project's root (mkdocs.yml's folder): trace paths are shown relative to it
+    given: str  # the folder as mkdocs.yml or FORWARD_PASS_TRACE names it
 
     @property
     def slug(self) -> str:
@@ -119,25 +124,28 @@ class ModelSite:
         """The script that carries this model's panels to the story page's switcher."""
         return f"{ASSET_DIR}/models/{self.slug}.js"
 
-    @property
+    @functools.cached_property
     def provenance(self) -> Provenance:
-        return provenance(self.trace, self.path, self.root)
+        """Read once a build (it asks git): every filler of every page uses it."""
+        return provenance(self.trace, self.path, self.root, self.given)
 
 
-def load_model(path: Path, primary: bool, root: Path) -> ModelSite:
+def load_model(path: Path, primary: bool, root: Path, given: str = "") -> ModelSite:
     try:
         trace = load_trace(path)
     except TraceError as error:
         raise PluginError(f"forward-pass: cannot load trace: {error}") from None
-    return ModelSite(path, trace, build_panel_map(trace), primary, root)
+    return ModelSite(path, trace, build_panel_map(trace), primary, root, given or str(path))
 
 
 class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
     def on_config(self, config: MkDocsConfig) -> MkDocsConfig:
         self.config_file = config.config_file_path
         root = Path(self.config_file).parent if self.config_file else Path.cwd()
-        paths = resolve_trace_paths(self.config.trace, self.config.traces, self.config_file)
-        self.models = [load_model(path, index == 0, root) for index, path in enumerate(paths)]
+        folders = trace_folders(self.config.trace, self.config.traces, self.config_file)
+        self.models = [
+            load_model(path, index == 0, root, given) for index, (given, path) in enumerate(folders)
+        ]
         slugs = [model.slug for model in self.models]
         if len(set(slugs)) < len(slugs):
             raise PluginError(f"forward-pass: two traces of one model slug: {', '.join(slugs)}")
@@ -148,7 +156,12 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
         if os.environ.get(SOURCE_DATE_EPOCH) in (None, _EPOCH_FROM_TRACE.get("value")):
             epoch = str(self.trace.timings["written"])
             os.environ[SOURCE_DATE_EPOCH] = _EPOCH_FROM_TRACE["value"] = epoch
-        log.info("forward-pass: %d panels from %s", len(self.panels), self.trace_path)
+        for model in self.models:
+            log.info(
+                "forward-pass: %s: %d panels from %s%s", model.slug,
+                len(model.panels), model.path, " (the story page opens on it)"
+                if model.primary and len(self.models) > 1 else "",
+            )  # fmt: skip
         # Our CSS/JS are listed here, not in mkdocs.yml, so that they travel with the plugin.
         config.extra_css.append(f"{ASSET_DIR}/forward-pass.css")
         config.extra_javascript.append(f"{ASSET_DIR}/forward-pass.js")
@@ -193,10 +206,44 @@ class ForwardPassPlugin(BasePlugin[ForwardPassConfig]):
                 made = Path(config.docs_dir) / "made.md"
                 if made.is_file():
                     content = made.read_text(encoding="utf-8")
-                    files.append(File.generated(config, model.made_uri, content=content))
+                    # Linked from the story page's model line, not from the nav (which has
+                    # the first model's): declared so, MkDocs does not list it as a page
+                    # missing from the nav.
+                    files.append(File.generated(config, model.made_uri, content=content,
+                                                inclusion=InclusionLevel.NOT_IN_NAV))  # fmt: skip
         self.mkdocs_config = config
         self.static_files: set[str] = set()  # the static charts' SVGs (see static_figure)
+        self.draw_charts()
         return files
+
+    def draw_charts(self) -> None:
+        """Draw every chart image the pages show (`static_charts` keeps them for the pages),
+        one after the other in a fixed order (drawn in threads, vl-convert's SVGs differed
+        between builds), saying how far it is: it is most of a build's time."""
+        specs: dict[str, dict[str, Any]] = {}
+        for model in self.models:
+            for panel in model.panels.values():
+                for chart in panel.charts:
+                    if self.config.fallback_images or not is_interactive(chart.spec):
+                        spec = site_spec(chart.spec)
+                        if not static_charts.is_drawn(spec):
+                            specs.setdefault(static_charts.spec_digest(spec), spec)
+        if not specs:
+            return
+        layouts = len(static_charts.LAYOUTS)
+        total = len(specs) * layouts
+        log.info(
+            "forward-pass: drawing %d chart images (%d charts, %d layouts each) ...",
+            total, len(specs), layouts,
+        )  # fmt: skip
+        start, every = time.perf_counter(), -(-len(specs) // 4)  # about each quarter
+        for count, spec in enumerate(specs.values(), 1):
+            static_charts.static_svgs(spec)
+            if count % every == 0 or count == len(specs):
+                log.info(
+                    "forward-pass: drawing chart images: %d/%d (%.0f s)",
+                    count * layouts, total, time.perf_counter() - start,
+                )  # fmt: skip
 
     def model_of(self, page: Page) -> ModelSite:
         """The model a page is about: a model's own "How this was made", else the first."""
@@ -450,16 +497,23 @@ def resolve_trace_path(configured: str, config_file: str | None) -> Path:
 
 
 def resolve_trace_paths(configured: str, several: list[Any], config_file: str | None) -> list[Path]:
-    """The traces the site shows, the story page's own first. FORWARD_PASS_TRACE (one
-    trace) wins over the options; then `traces` (a list), then `trace`. Relative paths are
-    from mkdocs.yml."""
+    """The traces the site shows, the story page's own first (see `trace_folders`)."""
+    return [path for _, path in trace_folders(configured, several, config_file)]
+
+
+def trace_folders(
+    configured: str, several: list[Any], config_file: str | None
+) -> list[tuple[str, Path]]:
+    """The traces the site shows, the story page's own first, each as it was named and as
+    an absolute path. FORWARD_PASS_TRACE (one trace) wins over the options; then `traces`
+    (a list), then `trace`. Relative paths are from mkdocs.yml."""
     root = Path(config_file).parent if config_file else Path.cwd()
     raws = [os.environ[TRACE_ENV]] if os.environ.get(TRACE_ENV) else [str(t) for t in several]
-    paths = []
+    folders = []
     for raw in raws or [configured]:
         path = Path(raw).expanduser()
-        paths.append((path if path.is_absolute() else root / path).resolve())
-    return paths
+        folders.append((raw, (path if path.is_absolute() else root / path).resolve()))
+    return folders
 
 
 def build_panel_map(trace: Trace) -> dict[str, Any]:
@@ -588,12 +642,46 @@ def fill_committed(plugin: ForwardPassPlugin, page: Page) -> str:
     where = code_md(origin.out + "/")
     if origin.committed:
         return f"The trace's raw files, as committed to the project's repository under {where}"
+    return f"The trace's raw files, read from {where} when the site was built ({kept(origin)})"
+
+
+def kept(origin: Provenance) -> str:
+    """Where a trace that is not (known to be) committed is kept, in words."""
+    if not origin.inside:
+        return "a folder outside the project: they are not committed to its repository"
     if origin.committed is False:
+        return "they are not committed to the project's repository, or have changed since they were"
+    return "whether they are committed is not known: the project is not a git checkout here"
+
+
+def fill_rebuild(plugin: ForwardPassPlugin, page: Page) -> str:
+    """How to build this site again: `make serve` where it was built from committed traces as
+    mkdocs.yml names them, else `mkdocs build` from the folders it was built from."""
+    origin = plugin.model_of(page).provenance
+    one_trace = bool(os.environ.get(TRACE_ENV))
+    if not one_trace and all(model.provenance.committed for model in plugin.models):
         return (
-            f"The trace's raw files, read from {where} when the site was built (they are not "
-            "committed to the project's repository)"
+            "Rebuild and serve this site from the committed traces (no torch needed):\n\n"
+            + pre_md("make serve")
         )
-    return f"The trace's raw files, read from {where} when the site was built"
+    where = code_md(origin.out + "/")
+    if one_trace:
+        state = "" if origin.committed else f" ({kept(origin)})"
+        lead = f"This site was built from one trace, {where}, that {TRACE_ENV} named{state}."
+        command = f"{TRACE_ENV}={shlex.quote(origin.out)} mkdocs build"
+    else:
+        uncommitted = [m for m in plugin.models if not m.provenance.committed]
+        names = ", ".join(code_md(m.provenance.out + "/") for m in uncommitted)
+        lead = (
+            f"This site was built from the traces mkdocs.yml names, and {names} "
+            f"{'is' if len(uncommitted) == 1 else 'are'} not known to be committed "
+            f"({kept(uncommitted[0].provenance)})."
+        )
+        command = "mkdocs build"
+    return (
+        f"{lead} Build it again from the same folders (no torch needed), from the project's "
+        "root:\n\n" + pre_md(command)
+    )
 
 
 def fill_regenerate(plugin: ForwardPassPlugin, page: Page) -> str:
@@ -607,9 +695,14 @@ def fill_regenerate(plugin: ForwardPassPlugin, page: Page) -> str:
     checksum = (
         f" (its sha256 must be <code>{md_text(origin.sha256)}</code>)" if origin.sha256 else ""
     )
+    outside = (
+        ""
+        if origin.inside
+        else f" (it goes where this one was kept, {code_md(origin.out)}, outside the project)"
+    )
     return (
         f"Regenerate this trace from the real model, from the project's root, with {needs}"
-        f"{checksum} and the tracing extra installed (`pip install '.[trace]'`):\n\n"
+        f"{checksum} and the tracing extra installed (`pip install '.[trace]'`){outside}:\n\n"
         + pre_md(origin.command)
     )
 
@@ -734,10 +827,16 @@ def fill_tokens(plugin: ForwardPassPlugin, page: Page) -> str:
 def fill_downloads(plugin: ForwardPassPlugin, page: Page) -> str:
     files = plugin.model_of(page).trace.files()
     if not plugin.config.raw_trace:
+        origin = plugin.model_of(page).provenance
+        where = code_md(origin.out + "/")
+        place = (
+            f"are in the project's repository under {where}"
+            if origin.committed
+            else f"were read from {where} ({kept(origin)})"
+        )
         return (
             f"This copy of the site leaves the raw trace out (`raw_trace: false`): its "
-            f"{len(files)} files, {fmt_file_size(sum(p.stat().st_size for p in files))}, are in "
-            f"the project's repository under `traces/{plugin.model_of(page).trace.model.slug}/`."
+            f"{len(files)} files, {fmt_file_size(sum(p.stat().st_size for p in files))}, {place}."
         )
 
     def link(name: str, uri: str) -> str:
@@ -804,6 +903,7 @@ FILLERS: dict[str, Callable[[ForwardPassPlugin, Page], str]] = {
     "downloads": fill_downloads,
     "gate": fill_gate,
     "committed": fill_committed,
+    "rebuild": fill_rebuild,
     "regenerate": fill_regenerate,
     "claims": fill_claims,
 }

@@ -12,11 +12,16 @@ Which modules of a loaded model a trace reads is declared per family in `familie
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import os
 import re
 import shutil
+import socket
 import sys
+import threading
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,8 @@ class ResolvedModel:
     source: str  # what from_pretrained is given: a folder or a hub id
     gguf_file: str | None
     slug: str
+    # A hub model read from the local hub cache only: the hub cannot be reached (`reach`).
+    offline: bool = False
 
     def weight_files(self) -> list[Path]:
         """Local weight files, for provenance hashes. Hub downloads are found in the cache."""
@@ -99,9 +106,87 @@ def resolve(spec: str | None) -> ResolvedModel:
     )
 
 
-def _source(resolved: ResolvedModel) -> tuple[str, dict[str, str]]:
-    """What from_pretrained is given for this model: a folder or hub id, and its GGUF file."""
-    return resolved.source, {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+HUB_ENDPOINT = "https://huggingface.co"
+HUB_CONNECT_SECONDS = 2.5
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached now, in a few words; None when it can (a TCP
+    connection to its endpoint, or to the proxy the environment names for it, opens within
+    HUB_CONNECT_SECONDS). Without this, huggingface_hub retries for most of a minute."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if _true(os.environ.get(name)):
+            return f"{name} is set"
+    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT)
+    scheme = url.scheme or "https"
+    host, port = url.hostname or "", url.port or (443 if scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname or host, via.port or 80
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_CONNECT_SECONDS).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error)
+
+    # A thread bounds the name lookup too, which the socket's timeout does not.
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(HUB_CONNECT_SECONDS + 0.5)
+    if outcome and outcome[0] is None:
+        return None
+    error = outcome[0] if outcome else None
+    why = (getattr(error, "strerror", None) or str(error)) if error else "no answer"
+    return f"no connection to {host}:{port}: {why or type(error).__name__}"
+
+
+def reach(resolved: ResolvedModel) -> ResolvedModel:
+    """A hub model as it can be loaded now: from the hub, or from the local hub cache alone
+    when the hub cannot be reached; else one line at once saying so."""
+    if resolved.kind != "hub":
+        return resolved
+    why = hub_unreachable()
+    if why is None:
+        return resolved
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(resolved.source, "config.json"), str):
+        return dataclasses.replace(resolved, offline=True)
+    fix = f"unset {why.split()[0]}" if why.endswith(" is set") else "connect to the network"
+    raise ModelError(
+        f"cannot load model {resolved.spec!r}: it is not in the local hub cache and the hub "
+        f"cannot be reached ({why}); {fix}, or give a local folder or .gguf file"
+    )
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An error's message as one line: its first, or all of it on one line where the first
+    ends in a colon (a list follows), at most `limit` characters; its class where it has no
+    message."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    line = text.splitlines()[0].rstrip()
+    if line.endswith(":"):
+        line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _source(resolved: ResolvedModel) -> tuple[str, dict[str, Any]]:
+    """What from_pretrained is given for this model: a folder or hub id, its GGUF file, and
+    whether to stay in the local hub cache."""
+    extra: dict[str, Any] = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+    if resolved.offline:
+        extra["local_files_only"] = True
+    return resolved.source, extra
 
 
 def load_config(resolved: ResolvedModel):
@@ -112,7 +197,9 @@ def load_config(resolved: ResolvedModel):
     try:
         return AutoConfig.from_pretrained(source, **extra)
     except (OSError, ValueError) as error:
-        raise ModelError(f"cannot read the config of {resolved.spec!r}: {error}") from None
+        raise ModelError(
+            f"cannot read the config of {resolved.spec!r}: {first_line(error)}"
+        ) from None
 
 
 def load_tokenizer(resolved: ResolvedModel):
@@ -175,7 +262,7 @@ def load(
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in torch_dtype:
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(torch_dtype)}")
-    source, extra = resolved.source, {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+    source, extra = _source(resolved)
     cached = cache_root() / gguf_sha256 if gguf_sha256 and resolved.gguf_file else None
     from_cache = cached is not None and (cached / "config.json").is_file()
     if from_cache:
@@ -191,8 +278,7 @@ def load(
             source, dtype=torch_dtype[dtype], attn_implementation="eager", **extra, **placement
         )
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise ModelError(f"cannot load model {resolved.spec!r}: {first_line}") from None
+        raise ModelError(f"cannot load model {resolved.spec!r}: {first_line(error)}") from None
     if from_cache:
         # safetensors maps the file, so its tensors are only 8-byte aligned, and the CPU
         # kernels then round differently from freshly allocated weights; copies make a run

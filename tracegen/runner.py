@@ -177,6 +177,7 @@ def run(
         resolved = models.resolve(model_spec)
         out_dir = Path(out) if out else Path("traces") / resolved.slug
         store.check_target(out_dir, force)  # before the slow part; again when writing
+        resolved = models.reach(resolved)  # a hub id without the hub: one line, at once
     placement = {
         "device_map": device_map,
         "max_memory": models.parse_max_memory(max_memory),

@@ -368,10 +368,19 @@ def svg_size(svg: str) -> tuple[int, int]:
     return round(svg_width(svg)), round(float(height.group(1))) if height else 0
 
 
+def spec_digest(spec: dict[str, Any]) -> str:
+    """The key a chart's images are cached under: two equal specs are drawn once."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def is_drawn(spec: dict[str, Any]) -> bool:
+    return spec_digest(spec) in _CACHE
+
+
 def static_svgs(spec: dict[str, Any]) -> dict[str, str]:
     """The chart laid out for each layout (`LAYOUTS`), in placeholder colours; cached on the
     spec."""
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    digest = spec_digest(spec)
     if digest not in _CACHE:
         _CACHE[digest] = {
             layout: compact(laid_out(spec, width)) for layout, width in LAYOUTS.items()

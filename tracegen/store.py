@@ -171,6 +171,10 @@ def split_timings(
         "stage_seconds": {k: float(v) for k, v in (run.pop("stage_seconds", None) or {}).items()},
         "written": int(time.time()),
     }
+    # Whether GGUF weights came from the de-quantised cache differs between a first run and
+    # the next, which trace byte-identically: it describes the run, like the clock.
+    if "weights_from_cache" in run:
+        timings["weights_from_cache"] = bool(run.pop("weights_from_cache"))
     manifest["run"] = run
     if "lens_topk_ids" in derived and "lens_topk_probs" in derived:
         ids, probs = stable_topk(np.asarray(derived["lens_topk_ids"]),
@@ -381,7 +385,10 @@ def reserve(out_dir: Path, force: bool) -> Reservation:
 def check_replaceable(out_dir: Path, target: Path, force: bool) -> None:
     if target.exists() or target.is_symlink():
         if not force:
-            raise TraceError(f"{out_dir} already exists; pass --force to replace it")
+            raise TraceError(
+                f"{out_dir} already exists: choose another folder with --out DIR, or pass "
+                "--force to replace that trace"
+            )
         if not (target / MANIFEST).is_file():
             raise TraceError(
                 f"{out_dir} exists and is not a trace (no {MANIFEST}); --force replaces only "

@@ -283,7 +283,7 @@ def check_manifest(manifest: Any, file: Path, tensor_files: list[str]) -> None:
                 f.string(run[key], f"run.{key}")
         if "steps" in run:
             f.optional(f.integer, run["steps"], "run.steps")
-        if "weights_from_cache" in run:
+        if "weights_from_cache" in run:  # traces written before it moved to timings.json
             f.boolean(run["weights_from_cache"], "run.weights_from_cache")
         if run.get("device_map") is not None:
             for device, count in f.obj(run["device_map"], "run.device_map").items():
@@ -372,6 +372,8 @@ def check_timings(timings: Any, file: Path, n_layers: int) -> None:
     for key, value in f.obj(f.key(t, "stage_seconds", "stage_seconds"), "stage_seconds").items():
         f.number(value, f"stage_seconds.{key_name(key)}", 0.0)
     f.integer(f.key(t, "written", "written"), "written")
+    if "weights_from_cache" in t:  # absent from traces written before it moved here
+        f.boolean(t["weights_from_cache"], "weights_from_cache")
 
 
 # --- tensors ------------------------------------------------------------------------------------
