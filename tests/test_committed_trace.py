@@ -99,3 +99,17 @@ def test_a_second_run_reads_the_dequantised_cache_and_traces_the_same(fresh, tmp
     seconds = again.timings["stage_seconds"]["load"]
     first = fresh.timings["stage_seconds"]["load"]
     print(f"load: {first:.1f} s from the GGUF file, {seconds:.1f} s from the cache")
+
+
+def test_a_retrace_reproduces_the_committed_files_byte_for_byte(committed, fresh):
+    """With the locked libraries (`make test` installs requirements/test.txt), tracing the
+    default model again writes the committed trace exactly: every file but timings.json. A
+    difference names the libraries the commit was made with, the usual cause."""
+    names = sorted(path.name for path in COMMITTED_TRACE.iterdir() if path.is_file())
+    assert names == sorted(path.name for path in fresh.path.iterdir() if path.is_file())
+    libraries = (committed.manifest["libraries"], fresh.manifest["libraries"])
+    for name in names:
+        if name == "timings.json":
+            continue
+        same = (COMMITTED_TRACE / name).read_bytes() == (fresh.path / name).read_bytes()
+        assert same, f"{name} differs from the committed trace; libraries: {libraries}"
