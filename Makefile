@@ -4,6 +4,7 @@
 #   make traces  regenerate every committed trace from its real model (traces-default, traces-gemma)
 #   make check-gemma  the slow check that the committed Gemma trace is the real model's (minutes)
 #   make bench   print the site's size and speed figures against their budgets
+#   make test-compat  the family, gate and attention-policy tests at both ends of the declared ranges
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ BIN := $(VENV)/bin
 # multi-GB CUDA build. Users elsewhere may install any torch>=2.1 (see pyproject.toml).
 TORCH := torch==2.13.0
 
-.PHONY: serve site deps-test test traces traces-default traces-gemma check-gemma bench clean
+.PHONY: serve site deps-test test test-compat traces traces-default traces-gemma check-gemma bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,16 @@ deps-test: $(BIN)/python
 test: deps-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The declared ranges at both ends: the family, gate and attention-policy tests against the
+# lowest torch, transformers and accelerate that pyproject.toml allows, then the newest on the
+# index, each end in a fresh venv under .venv-compat/, and a matrix of versions x family
+# cases. Not part of `make test` (it installs two sets of packages, a torch build from the
+# index among them: some GB). One end: `make test-compat ENDS=lowest`.
+ENDS ?= lowest,newest
+
+test-compat: $(BIN)/python
+	$(BIN)/python bench/version_ends.py --ends $(ENDS)
 
 # Each command is the one "How this was made" shows for its model.
 traces: traces-default traces-gemma
