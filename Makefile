@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch that lies on this project's machines; any other spec may pull a
-# multi-GB CUDA build. Users elsewhere may install any torch>=2.1 (see pyproject.toml).
+# multi-GB CUDA build. Users elsewhere may install any torch>=2.6 (see pyproject.toml).
 TORCH := torch==2.13.0
 
 .PHONY: serve site deps-test test test-compat traces traces-default traces-gemma check-gemma bench clean
