@@ -4,7 +4,7 @@
 #   make traces  regenerate every committed trace from its real model (traces-default, traces-gemma)
 #   make check-gemma  the slow check that the committed Gemma trace is the real model's (minutes)
 #   make bench   print the site's size and speed figures against their budgets
-#   make test-compat  the family, gate and attention-policy tests at both ends of the declared ranges
+#   make test-compat  the family, gate and policy tests at both ends of the declared ranges (GB)
 
 PYTHON ?= python3
 VENV := .venv
@@ -45,11 +45,12 @@ test: deps-test
 	$(BIN)/pytest
 
 # The declared ranges at both ends: the family, gate and attention-policy tests against the
-# lowest torch, transformers and accelerate that pyproject.toml allows, then the newest on the
-# index, each end in a fresh venv under .venv-compat/, and a matrix of versions x family
-# cases. Not part of `make test` (it installs two sets of packages, a torch build from the
-# index among them: some GB). One end: `make test-compat ENDS=lowest`.
-ENDS ?= lowest,newest
+# lowest torch, transformers and accelerate that pyproject.toml allows, then against the newest
+# on the index; then the site built (mkdocs build --strict) with its own dependencies at their
+# lowest bounds. Each end in a fresh venv under .venv-compat/; prints a matrix of versions x
+# family cases. Not part of `make test`: each torch end but the CPU wheel is a CUDA build from
+# the index with its nvidia-* packages (some GB). One end: `make test-compat ENDS=lowest`.
+ENDS ?= lowest,newest,site
 
 test-compat: $(BIN)/python
 	$(BIN)/python bench/version_ends.py --ends $(ENDS)

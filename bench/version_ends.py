@@ -1,9 +1,10 @@
 """The declared ranges at both ends: the family, gate and attention-policy tests against the
 lowest versions of torch, transformers and accelerate that pyproject.toml allows, and against
-the newest the index offers. A check, not a test: exit 1 if any end fails.
+the newest the index offers; and the site built with its own dependencies at their lowest
+bounds. A check, not a test: exit 1 if any end fails.
 
-    .venv/bin/python bench/version_ends.py [--ends lowest,newest] [--pin NAME==VERSION ...]
-        [--pytest-args "-x -k llama"]
+    .venv/bin/python bench/version_ends.py [--ends lowest,newest,site] [--pin NAME==VERSION ...]
+        [--pytest-args="-x -k llama"]
 
 For each end a fresh venv in .venv-compat/<end>/ gets, in this order:
   1. torch alone at that end (so that torch==2.13.0 takes the CPU wheel this project's
@@ -19,9 +20,14 @@ The ends:
   lowest  the oldest final release on the index that each `>=` bound in pyproject.toml's
           trace extra allows (pip picks the newest; here each is pinned with ==);
   newest  nothing pinned: what pip resolves today, under this machine's own constraints
-          (/etc/xdg/pip/constraints.txt caps torch at the releases it keeps on disk).
+          (/etc/xdg/pip/constraints.txt caps torch at the releases it keeps on disk);
+  site    no torch: `pip install .` (as `make site`) with numpy, safetensors, altair,
+          vl-convert-python, mkdocs and mkdocs-material at the oldest releases their bounds
+          allow, then `mkdocs build --strict` from the committed traces into
+          .venv-compat/site/built (its output in .venv-compat/site/mkdocs.txt).
 `--pin torch==2.13.0` (repeatable) overrides one package at the ends that run: with it, one
-end can be moved through versions one at a time (a bisection of a lower bound).
+end can be moved through versions one at a time (a bisection of a lower bound; a version below
+pyproject.toml's bound cannot be pinned, pip refuses it).
 
 Output: progress as each step starts and ends, then one markdown table per run: the versions
 installed at each end, each family case of tests/tiny_families.py (its parity-gate test) as
