@@ -212,7 +212,10 @@ def parse_junit(path: Path) -> dict[str, tuple[str, str]]:
 def run_end(end: str, pins: dict[str, str], pytest_args: list[str]) -> EndResult:
     result = EndResult(end)
     say(f"{end}: setting up .venv-compat/{end}")
-    python = set_up(end, pins, result)
+    try:
+        python = set_up(end, pins, result)
+    except (RuntimeError, subprocess.SubprocessError) as error:  # the index, or the venv
+        python, result.error = None, str(error)
     if python is None:
         say(f"{end}: {result.error}")
         return result
