@@ -270,6 +270,8 @@ def test_a_state_space_model_is_refused(capsys, tmp_path):
 def test_a_hybrid_model_is_refused(capsys, tmp_path):
     import transformers as tf
 
+    if not hasattr(tf, "Qwen3NextConfig"):
+        pytest.skip(f"transformers {tf.__version__} has no Qwen3NextConfig")
     config = tf.Qwen3NextConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
