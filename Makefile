@@ -53,7 +53,7 @@ serve: site
 # restarts it when the plugin's Python changes, since a running mkdocs keeps the old modules.
 live: $(SITE_DEPS)
 	$(BIN)/watchmedo auto-restart --directory tracegen --pattern '*.py' --recursive -- \
-	  $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000 --watch tracegen --watch traces
+	  $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000 --watch traces
 
 $(TEST_DEPS): requirements/test.txt requirements/models.txt pyproject.toml | $(BIN)/python
 	$(INSTALL) $(TORCH_INDEX) -r requirements/test.txt

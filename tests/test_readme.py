@@ -120,6 +120,8 @@ SKIPPED = {
     "stopped",
     "make test": "installs torch, the models' packages and chromium (network)",
     "make site": "installs the package from the package index (network)",
+    "make test-fast": "runs these very tests (a part of what `make test` runs)",
+    "make live": "installs the package (network), then serves until stopped",
     "SITE_URL=https://<user>.github.io/<repo>/ REPO_URL=https://github.com/<user>/<repo> "
     ".venv/bin/mkdocs gh-deploy --strict --force": "pushes to GitHub (network)",
     "make site SITE_URL=https://example.org/forward-pass/": "installs the package (network)",
