@@ -344,7 +344,8 @@ def test_the_gate_is_in_info(capsys, traces):
     assert cli.main(["info", str(traces("llama"))]) == 0
     out = capsys.readouterr().out
     assert "parity gate: passed" in out
-    for name in ("lens_logprobs", "block_identity", "attention", "qk_scores", "attribution_sum"):
+    for name in ("lens_logprobs", "block_identity", "attention", "qk_scores", "attribution_sum",
+                 "lens_statistics"):  # fmt: skip
         assert name in out
 
 

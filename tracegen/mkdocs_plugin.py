@@ -718,6 +718,8 @@ GATE_CHECKS = {
     "the model's own attention",
     "qk_scores": "softmax of the recorded queries and keys vs the layer's probabilities",
     "attribution_sum": "direct logit attribution parts sum to the logit",
+    "lens_statistics": "the lens's entropy and KL vs float64, every depth, the answer position "
+    "and a spread of others",
 }
 
 

@@ -196,6 +196,8 @@ def run(
             reference,
             derived["attribution"],
             derived["final_logit"],
+            derived,  # its lens statistics
+            len(tokens.prompt_ids) - 1,  # the answer position: the prompt's last
             dtype,
         )
         verify.require(report)

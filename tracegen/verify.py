@@ -27,7 +27,10 @@ Checks (all positions of the prompt and of every greedy step):
                       where it has sinks) against the probabilities the layer used:
                       the stored q/k norms are those of the vectors that meet in the scores;
   attribution_sum     direct logit attribution of each position's predicted token sums to
-                      its logit (before any soft-cap), relative to max(1, |logit|).
+                      its logit (before any soft-cap), relative to max(1, |logit|);
+  lens_statistics     the lens's entropy and KL to the final distribution against float64,
+                      at every depth of the answer position and of LENS_SAMPLE positions
+                      spread over the trace: max(|entropy error|, |KL error| / (1 + KL)).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ TOLERANCES: dict[str, dict[str, float]] = {
         "head_scores": 1e-5,
         "qk_scores": 1e-4,
         "attribution_sum": 1e-3,
+        # The lens runs on float32 copies of the head whatever the model's dtype: only the
+        # summation over the vocabulary differs from float64.
+        "lens_statistics": 1e-4,
     },
     "float16": {
         "lens_logprobs": 0.1,
@@ -63,6 +69,7 @@ TOLERANCES: dict[str, dict[str, float]] = {
         # The writes are half-precision values; their float32 sum differs from the final
         # residual by the rounding of every block's additions (as block_identity measures).
         "attribution_sum": 5e-3,
+        "lens_statistics": 1e-4,
     },
     "bfloat16": {
         "lens_logprobs": 0.5,
@@ -73,8 +80,10 @@ TOLERANCES: dict[str, dict[str, float]] = {
         # Recomputed in float32; some models round q·k to bfloat16 before the softmax.
         "qk_scores": 0.1,
         "attribution_sum": 3e-2,
+        "lens_statistics": 1e-4,
     },
 }
+LENS_SAMPLE = 8  # positions spread over the trace whose lens statistics the gate recomputes
 LIKELY = 1e-4  # the lens check looks at tokens the model gives at least this probability
 GATE_ROWS = 256  # positions per block of the lens check
 
@@ -140,6 +149,38 @@ def lens_errors(adapter: Adapter, capture: Capture, own_logits: torch.Tensor) ->
     return per_position
 
 
+def lens_sample(n_positions: int, answer_position: int) -> list[int]:
+    """The positions whose lens statistics the gate recomputes: the answer's and a spread."""
+    spread = torch.linspace(0, n_positions - 1, LENS_SAMPLE).round().long().tolist()
+    return sorted({*spread, answer_position})
+
+
+@torch.inference_mode()
+def lens_statistics_errors(
+    adapter: Adapter, capture: Capture, lens: dict[str, torch.Tensor], positions: list[int]
+) -> tuple[float, str]:
+    """The largest error of the stored entropy [depth, N] and KL [depth, N] against a float64
+    recomputation at `positions`, every depth, and where it is."""
+    depths = [capture.layers[0]["resid_in"]] + [layer["resid_out"] for layer in capture.layers]
+    # One unembedding matmul for every depth's sampled rows: a few rows at a time would read
+    # the whole unembedding once per depth.
+    sampled = torch.stack([resid[positions] for resid in depths])  # [depth, P, D]
+    logits = adapter.logits(sampled.flatten(0, 1)).unflatten(0, sampled.shape[:2])  # [depth, P, V]
+    final = logits[-1].double().log_softmax(-1)  # [P, V]
+    worst, where = -1.0, ""
+    for depth in range(len(depths)):
+        log_p = logits[depth].double().log_softmax(-1)  # [P, V]
+        entropy = -(log_p.exp() * log_p).sum(-1)  # [P]
+        kl = (final.exp() * (final - log_p)).sum(-1)  # [P]
+        entropy_error = (lens["lens_entropy"][depth, positions].double() - entropy).abs()
+        kl_error = (lens["lens_kl"][depth, positions].double() - kl).abs() / (1.0 + kl)
+        errors = torch.maximum(entropy_error, kl_error).nan_to_num(float("inf"))  # [P]
+        index = int(errors.argmax())
+        if float(errors[index]) > worst:
+            worst, where = float(errors[index]), f"depth {depth} position {positions[index]}"
+    return worst, where
+
+
 @torch.inference_mode()
 def run_gate(
     adapter: Adapter,
@@ -147,6 +188,8 @@ def run_gate(
     reference: Reference,
     attribution: torch.Tensor,
     final_logit: torch.Tensor,
+    lens: dict[str, torch.Tensor],
+    answer_position: int,
     dtype: str,
 ) -> GateReport:
     """Every check's largest error. Raises nothing: `require` decides."""
@@ -176,6 +219,8 @@ def run_gate(
 
     attributed = (attribution.sum(-1) - final_logit).abs() / final_logit.abs().clamp_min(1.0)
     add("attribution_sum", *_worst(attributed.tolist(), "position"))
+    positions = lens_sample(len(capture.layers[0]["resid_in"]), answer_position)
+    add("lens_statistics", *lens_statistics_errors(adapter, capture, lens, positions))
 
     row_error = max(reference.row_sum_errors)
     return GateReport(checks, dtype, row_error <= 1e-3, row_error)
