@@ -164,7 +164,7 @@ def base_url(served_site: tuple[Path, str]) -> str:
 
 # `make test-fast` (`pytest -m fast`): every test that needs no real model, no chromium and no
 # full site build. These modules build the whole site once (a module or session fixture) or in
-# their tests; a test elsewhere that asks for the built site is a site build too.
+# their tests; a test elsewhere that asks for the built site, or is marked, is one too.
 SITE_BUILD_MODULES = {"test_site_build", "test_site_models", "test_site_publish",
                       "test_hostile_trace"}  # fmt: skip
 SITE_BUILD_FIXTURES = {"served_site", "built_site", "base_url"}
@@ -174,7 +174,8 @@ SLOW_MARKERS = ("real_model", "browser", "slow_model")
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         builds_site = (
-            item.module.__name__.rpartition(".")[2] in SITE_BUILD_MODULES
+            item.get_closest_marker("site_build")
+            or item.module.__name__.rpartition(".")[2] in SITE_BUILD_MODULES
             or SITE_BUILD_FIXTURES & set(getattr(item, "fixturenames", ()))
         )
         if builds_site:

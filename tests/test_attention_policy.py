@@ -44,6 +44,17 @@ def traces(request, tiny_model_dir, tmp_path_factory):
     return made
 
 
+@pytest.fixture(scope="module")
+def panels(traces):
+    """policy -> panel key -> panel, built once per family for the tests that read them."""
+    from tracegen.panels import build_panels
+
+    return {
+        policy: {panel.key: panel for panel in build_panels(trace)}
+        for policy, trace in traces.items()
+    }
+
+
 def test_rows_are_the_full_rows(traces):
     full, rows = traces["full"], traces["rows:4"]
     n = full.n_positions
@@ -99,25 +110,22 @@ def test_head_scores_do_not_depend_on_the_layout(traces):
     assert all(checks["head_scores"]["passed"] for checks in gates.values())
 
 
-def test_every_layout_builds_the_panels_and_says_what_is_missing(traces):
-    from tracegen.panels import build_panels
-
+def test_every_layout_builds_the_panels_and_says_what_is_missing(traces, panels):
     words = {}
     for policy, trace in traces.items():
-        panels = {panel.key: panel for panel in build_panels(trace)}
-        words[policy] = panels["p3"].caption
-        assert panels["p4"].facts.scores["p"].shape == (trace.n_layers, trace.model.n_heads)
+        words[policy] = panels[policy]["p3"].caption
+        shape = panels[policy]["p4"].facts.scores["p"].shape
+        assert shape == (trace.n_layers, trace.model.n_heads)
     assert "does not name" not in words["full"] and "does not name" not in words["rows:4"]
     assert "<code>--attention topk:3</code>" in words["topk:3"]
     assert "does not name" in words["topk:3"]
 
 
-def test_learned_sinks_are_named_with_their_share_under_every_layout(traces):
+def test_learned_sinks_are_named_with_their_share_under_every_layout(traces, panels):
     """Where the model has learned sinks (GPT-OSS), the attention and heads panels say what
     share goes to the sink rather than to any token: from the answer position, 1 - its row's
     sum in the full matrix, the same under every layout (topk: 1 - kept - rest). A model
     without sinks gets no such sentence."""
-    from tracegen.panels import build_panels
     from tracegen.panels.story import answer_position
 
     full = traces["full"]
@@ -126,9 +134,8 @@ def test_learned_sinks_are_named_with_their_share_under_every_layout(traces):
     expected = float(np.mean([1.0 - row.sum(-1) for row in rows]))
     has_sinks = full.has_derived("head_sink")
     assert has_sinks == (full.manifest["model"]["family"] == "gpt_oss")
-    for policy, trace in traces.items():
-        panels = {panel.key: panel for panel in build_panels(trace)}
-        attention, heads = panels["p3"], panels["p4"]
+    for policy in traces:
+        attention, heads = panels[policy]["p3"], panels[policy]["p4"]
         if not has_sinks:
             assert attention.facts.learned_sink_now is None and heads.facts.learned_sink is None
             assert "learned sink" not in attention.caption + heads.caption, policy

@@ -234,6 +234,7 @@ def sh(command: str, project: tuple[Path, dict[str, str]], timeout: int = 600) -
 
 
 @pytest.mark.model
+@pytest.mark.site_build  # its last command builds the whole site
 def test_another_model_block(project):
     """The README's "for another model" block: a model folder, a trace of it in traces/mine,
     its summary and its whole site."""
