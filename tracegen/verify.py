@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .capture import Capture, Reference
+from .derive import residual_at_depths
 from .families import Adapter
 
 # Largest error allowed per check and dtype. float32 runs leave only summation-order
@@ -161,7 +162,7 @@ def lens_statistics_errors(
 ) -> tuple[float, str]:
     """The largest error of the stored entropy [depth, N] and KL [depth, N] against a float64
     recomputation at `positions`, every depth, and where it is."""
-    depths = [capture.layers[0]["resid_in"]] + [layer["resid_out"] for layer in capture.layers]
+    depths = residual_at_depths(capture)
     # One unembedding matmul for every depth's sampled rows: a few rows at a time would read
     # the whole unembedding once per depth.
     sampled = torch.stack([resid[positions] for resid in depths])  # [depth, P, D]
